@@ -1,0 +1,31 @@
+"""Celery settings for the orchestrator (broker and backend URLs come from `REDIS_URL`).
+
+Chosen for at-least-once execution with exactly-once effects enforced in MongoDB: see
+../shared/CELERY.md-style notes in the README ("Delivery guarantees").
+"""
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+# Far above any countdown (orchestrator.constants.MAX_COUNTDOWN_S) and node runtime: past it
+# Redis hands a held message to a second worker.
+broker_transport_options = {"visibility_timeout": 7200}
+result_backend_transport_options = {"visibility_timeout": 7200}
+broker_connection_retry_on_startup = True
+
+result_expires = 7 * 86400
+# Above the longest wait a node may do inside a chord header; the chord counter expires silently.
+result_chord_expires = 30 * 86400
+
+worker_soft_shutdown_timeout = 30
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = False
+worker_hijack_root_logger = False

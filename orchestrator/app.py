@@ -1,0 +1,64 @@
+"""The Celery app factory: one app per process, built explicitly from `Settings`.
+
+The app carries the settings, the node-type registry and (made lazily, after any fork) the
+run store, so tasks find them through `self.app` rather than through module globals.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from celery import Celery
+from celery.backends.redis import RedisBackend
+
+from orchestrator.registry import Registry, load_registry
+from orchestrator.settings import Settings
+from orchestrator.store import RunStore, connect
+
+
+class RunResultBackend(RedisBackend):  # type: ignore[misc]
+    """The Redis result backend, minus the per-message result subscription in clients.
+
+    Runs are watched through their MongoDB documents, never through `AsyncResult.get()`, so
+    subscribing to every sent task's result channel would only cost a round trip per trigger.
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+
+class OrchestratorApp(Celery):  # type: ignore[misc]
+    """A Celery app that knows the orchestrator's settings, node types and store."""
+
+    def __init__(self, settings: Settings, registry: Registry, **kwargs: Any) -> None:
+        super().__init__("orchestrator", set_as_current=False, **kwargs)
+        self.settings = settings
+        self.registry = registry
+
+    def _get_backend(self) -> RunResultBackend:
+        return RunResultBackend(app=self, url=self.conf.result_backend)
+
+    @cached_property
+    def store(self) -> RunStore:
+        """The run store; its MongoDB client is made on first use, in the using process."""
+        db = connect(self.settings.mongo_url, self.settings.mongo_database)
+        return RunStore(db, max_run_doc_bytes=self.settings.max_run_doc_bytes)
+
+
+def create_app(settings: Settings | None = None) -> OrchestratorApp:
+    """Build the Celery app: `celeryconfig` settings, Redis from `REDIS_URL`, every task.
+
+    Args:
+        settings: the settings to use; read from the environment when omitted.
+    """
+    from orchestrator.tasks import register_tasks
+
+    settings = settings or Settings()
+    registry = load_registry(tuple(settings.plugin_modules))
+    app = OrchestratorApp(settings, registry)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = settings.redis_url
+    app.conf.result_backend = settings.redis_url
+    register_tasks(app)
+    return app

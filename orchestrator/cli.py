@@ -1,0 +1,275 @@
+"""The `orchestrator` command: register workflows, run them, inspect runs, start workers.
+
+Exit codes: 0 success; 1 the run failed, errored, was cancelled or timed out (or a service
+failed); 2 bad input, with a message that says what and where.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+
+from orchestrator.api import Orchestrator
+from orchestrator.display import progress_line, run_view, runs_table
+from orchestrator.errors import (
+    OrchestratorError,
+    RunNotFound,
+    TemplateError,
+    WaitTimeout,
+    WorkflowNotFound,
+    WorkflowValidationError,
+)
+from orchestrator.models import Run
+
+BAD_INPUT = (WorkflowValidationError, WorkflowNotFound, RunNotFound, TemplateError)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print the message on stderr and exit with `code`."""
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    sys.exit(code)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Turn the package's errors into messages and exit codes."""
+    try:
+        yield
+    except BAD_INPUT as exc:
+        fail(str(exc), 2)
+    except OrchestratorError as exc:
+        fail(str(exc), 1)
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout, nothing else."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def parse_vars(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
+    """`--vars JSON` then each `--var KEY=VALUE` (JSON when it parses, else a string)."""
+    variables: dict[str, Any] = {}
+    if as_json:
+        try:
+            loaded = json.loads(as_json)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--vars") from exc
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--vars")
+        variables.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{pair}' is not KEY=VALUE", param_hint="--var")
+        try:
+            variables[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            variables[key] = raw
+    return variables
+
+
+def _orchestrator() -> Orchestrator:
+    return Orchestrator()
+
+
+@click.group()
+@click.version_option(package_name="celery-orchestrator")
+def main() -> None:
+    """Workflow orchestration on Celery."""
+
+
+# -- workflows ------------------------------------------------------------------------------
+
+
+@main.group()
+def workflows() -> None:
+    """Register and list workflow definitions."""
+
+
+@workflows.command("apply")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def workflows_apply(paths: tuple[Path, ...]) -> None:
+    """Validate workflow files (YAML or JSON) and register them; nothing is registered when any is invalid."""
+    from orchestrator.spec import load_workflow_file
+
+    with handled():
+        orch = _orchestrator()
+        files = [p for path in paths for p in (sorted(path.glob("*.y*ml")) + sorted(path.glob("*.json")) if path.is_dir() else [path])]
+        specs, problems = [], []
+        for path in files:
+            try:
+                specs.append(load_workflow_file(path, orch.app.registry.names()))
+            except WorkflowValidationError as exc:
+                problems += exc.problems
+        if problems:
+            raise WorkflowValidationError("\n".join(problems), problems)
+        for spec in specs:
+            orch.register(spec)
+            out.print(f"registered '{spec.name}' ({len(spec.nodes)} nodes)")
+
+
+@workflows.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def workflows_list(as_json: bool) -> None:
+    """List registered workflows."""
+    with handled():
+        specs = _orchestrator().workflows()
+        if as_json:
+            print_json([s.model_dump(mode="json") for s in specs])
+            return
+        for spec in specs:
+            schedule = f"  (cron {spec.schedule.cron} {spec.schedule.timezone})" if spec.schedule else ""
+            out.print(f"{spec.name}  {len(spec.nodes)} nodes{schedule}  {spec.description}")
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+@main.command("run")
+@click.argument("name")
+@click.option("--var", "pairs", multiple=True, metavar="KEY=VALUE", help="a variable (JSON when it parses)")
+@click.option("--vars", "vars_json", metavar="JSON", help="variables as one JSON object")
+@click.option("--wait", is_flag=True, help="wait for the run to end and show it")
+@click.option("--timeout", type=float, default=None, help="seconds to wait (with --wait)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON (the run document with --wait)")
+def run_command(name: str, pairs: tuple[str, ...], vars_json: str | None, wait: bool, timeout: float | None, as_json: bool) -> None:
+    """Start a run of workflow NAME."""
+    variables = parse_vars(pairs, vars_json)
+    with handled():
+        orch = _orchestrator()
+        run_id = orch.trigger(name, variables, trigger={"type": "cli"})
+        if not wait:
+            print_json({"run_id": run_id}) if as_json else out.print(run_id)
+            return
+        try:
+            run = wait_with_progress(orch, run_id, timeout, show=not as_json)
+        except WaitTimeout as exc:
+            run = orch.get_run(run_id)
+            show_run(orch, run, as_json)
+            fail(str(exc), 1)
+        show_run(orch, run, as_json)
+        if run.status != "finished":
+            sys.exit(1)
+
+
+def wait_with_progress(orch: Orchestrator, run_id: str, timeout: float | None, show: bool) -> Run:
+    """Wait for a run, with a one-line progress display on stderr."""
+    if not show or not err.is_terminal:
+        return orch.wait(run_id, timeout=timeout, on_progress=_plain_progress() if show else None)
+    with err.status(f"run {run_id} pending") as status:
+        return orch.wait(run_id, timeout=timeout, on_progress=lambda run: status.update(progress_line(run)))
+
+
+def _plain_progress() -> Callable[[Run], None]:
+    last: list[str] = []
+
+    def report(run: Run) -> None:
+        line = progress_line(run)
+        if not last or last[-1] != line:
+            err.print(line)
+            last.append(line)
+
+    return report
+
+
+def show_run(orch: Orchestrator, run: Run, as_json: bool) -> None:
+    """Print a run (with its tree of children) as a tree or as JSON."""
+    tree = orch.run_tree(run.id)
+    if as_json:
+        print_json(tree.to_document())
+    else:
+        out.print(run_view(tree))
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+@main.group()
+def runs() -> None:
+    """Inspect and cancel runs."""
+
+
+@runs.command("list")
+@click.option("--workflow", default=None)
+@click.option("--status", default=None, type=click.Choice(["pending", "running", "finished", "failed", "error", "cancelled"]))
+@click.option("--parent", default=None, help="only the child runs of this run")
+@click.option("--limit", default=50, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True)
+def runs_list(workflow: str | None, status: str | None, parent: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    with handled():
+        found = _orchestrator().list_runs(workflow=workflow, status=status, limit=limit, parent=parent)
+        if as_json:
+            print_json([r.to_document() for r in found])
+        else:
+            out.print(runs_table(found))
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Show a run, its nodes and its tree of child runs."""
+    with handled():
+        orch = _orchestrator()
+        show_run(orch, orch.get_run(run_id), as_json)
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--no-cascade", is_flag=True, help="leave its child runs going")
+def runs_cancel(run_id: str, no_cascade: bool) -> None:
+    """Cancel a run and (unless --no-cascade) its child runs."""
+    with handled():
+        cancelled = _orchestrator().cancel(run_id, cascade=not no_cascade)
+        out.print(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled)}" if cancelled else f"run {run_id} was already over")
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--concurrency", "-c", type=int, default=None, help="worker processes/threads (default: CPU count)")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
+@click.option("--queues", "-Q", default=None, help="comma-separated queues to consume")
+@click.option("--loglevel", "-l", default="INFO")
+@click.option("--hostname", "-n", default=None)
+def worker(concurrency: int | None, pool: str, queues: str | None, loglevel: str, hostname: str | None) -> None:
+    """Start a Celery worker that runs workflow nodes."""
+    from orchestrator.app import create_app
+
+    argv = ["worker", f"--pool={pool}", f"--loglevel={loglevel}", "--task-events"]
+    argv += [f"--concurrency={concurrency}"] if concurrency else []
+    argv += [f"--queues={queues}"] if queues else []
+    argv += [f"--hostname={hostname}"] if hostname else []
+    with handled():
+        create_app().worker_main(argv)
+
+
+@main.command()
+@click.option("--loglevel", "-l", default="INFO")
+def beat(loglevel: str) -> None:
+    """Start celery beat, which fires scheduled workflows."""
+    from orchestrator.app import create_app
+
+    with handled():
+        create_app().start(["beat", f"--loglevel={loglevel}"])
+
+
+@main.command()
+@click.option("--timeout", type=float, default=120.0, help="seconds to wait for the demo run")
+def demo(timeout: float) -> None:
+    """Run the example pipeline end to end, starting whatever is not running."""
+    from orchestrator.demo import run_demo
+
+    with handled():
+        sys.exit(run_demo(out, err, timeout))

@@ -1,0 +1,128 @@
+"""From a node graph to a Celery canvas: chains for straight lines, groups for parallel
+branches, chords for fan-in, built explicitly (no `|`, no silent chain-to-chord upgrades).
+
+Nodes pass data through the run document, not through Celery results, so every signature is
+immutable and the order of results in a chord never matters. Series-parallel graphs compile
+exactly; for the rest (an "N" shape) the compiler adds a barrier after the graph's sources,
+which is correct but may start some nodes later than strictly needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from celery import Celery, chain, chord, group
+from celery.canvas import Signature
+
+from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, NODE_TASK_PREFIX, RUN_ERROR_TASK
+from orchestrator.spec import NodeSpec, WorkflowSpec
+
+Graph = dict[str, set[str]]  # node id -> ids it waits for
+
+
+def node_signature(app: Celery, run_id: str, node: NodeSpec) -> Signature:
+    """The task message for one node: `workers.<type>`, with the node's own spec."""
+    options: dict[str, float] = {}
+    if node.timeout_s:
+        options = {"soft_time_limit": node.timeout_s, "time_limit": node.timeout_s + 10}
+    return app.signature(
+        NODE_TASK_PREFIX + node.type,
+        kwargs={"run_id": run_id, "node": node.model_dump(mode="json", exclude_defaults=True)},
+        immutable=True,
+        **options,
+    )
+
+
+def compile_workflow(app: Celery, spec: WorkflowSpec, run_id: str) -> Signature:
+    """The whole run as one canvas: every node, then the step that ends the run."""
+    nodes = {node.id: node for node in spec.nodes}
+    graph: Graph = {node.id: set(node.dependency_ids()) for node in spec.nodes}
+
+    def leaf(node_id: str) -> Signature:
+        return node_signature(app, run_id, nodes[node_id])
+
+    body = compile_graph(graph, leaf, lambda: app.signature(JOIN_TASK, immutable=True))
+    final = {"run_id": run_id, "output": spec.output, "final_nodes": [n.id for n in spec.final_nodes()]}
+    finalize = app.signature(FINALIZE_TASK, kwargs=final, immutable=True)
+    canvas = then(body, finalize)
+    canvas.link_error(app.signature(RUN_ERROR_TASK, kwargs={"run_id": run_id}))
+    return canvas
+
+
+def compile_graph(graph: Graph, leaf: Callable[[str], Signature], join: Callable[[], Signature]) -> Signature:
+    """The canvas for the nodes of `graph` (dependencies outside it count as done)."""
+    ids = _topological(graph)
+    if len(ids) == 1:
+        return leaf(ids[0])
+    components = _components(graph)
+    if len(components) > 1:
+        return group([close(compile_graph(_sub(graph, c), leaf, join), join) for c in components])
+    sources = [n for n in ids if not graph[n]]
+    if len(sources) == 1:
+        return then(leaf(sources[0]), compile_graph(_without(graph, sources), leaf, join))
+    sinks = [n for n in ids if not any(n in graph[m] for m in ids)]
+    if len(sinks) == 1:
+        return then(compile_graph(_without(graph, sinks), leaf, join), leaf(sinks[0]))
+    # Not series-parallel at this level: a barrier after the sources keeps it correct.
+    return then(compile_graph(_sub(graph, sources), leaf, join), compile_graph(_without(graph, sources), leaf, join))
+
+
+def then(first: Signature, second: Signature) -> Signature:
+    """`second` after `first`: a chord when `first` ends in a group, else a flat chain."""
+    if isinstance(first, group):
+        return chord(first.tasks, second)
+    if isinstance(first, chain) and isinstance(first.tasks[-1], group):
+        return chain(*first.tasks[:-1], chord(first.tasks[-1].tasks, second))
+    head = list(first.tasks) if isinstance(first, chain) else [first]
+    tail = list(second.tasks) if isinstance(second, chain) else [second]
+    return chain(*head, *tail)
+
+
+def close(sig: Signature, join: Callable[[], Signature]) -> Signature:
+    """A group member that ends when all its work ends: a trailing group gets a join step."""
+    if isinstance(sig, chain) and isinstance(sig.tasks[-1], group):
+        return then(sig, join())
+    return sig
+
+
+def _topological(graph: Graph) -> list[str]:
+    order: list[str] = []
+    done: set[str] = set()
+    pending = sorted(graph)
+    while pending:
+        ready = [n for n in pending if graph[n] <= done]
+        if not ready:
+            raise ValueError(f"cycle among {pending}")
+        order += ready
+        done |= set(ready)
+        pending = [n for n in pending if n not in done]
+    return order
+
+
+def _components(graph: Graph) -> list[set[str]]:
+    neighbours: dict[str, set[str]] = {n: set(deps) for n, deps in graph.items()}
+    for n, deps in graph.items():
+        for dep in deps:
+            neighbours[dep].add(n)
+    components: list[set[str]] = []
+    seen: set[str] = set()
+    for start in _topological(graph):
+        if start in seen:
+            continue
+        component, frontier = {start}, [start]
+        while frontier:
+            for other in neighbours[frontier.pop()] - component:
+                component.add(other)
+                frontier.append(other)
+        seen |= component
+        components.append(component)
+    return components
+
+
+def _sub(graph: Graph, keep: Iterable[str]) -> Graph:
+    kept = set(keep)
+    return {n: deps & kept for n, deps in graph.items() if n in kept}
+
+
+def _without(graph: Graph, drop: Iterable[str]) -> Graph:
+    return _sub(graph, set(graph) - set(drop))

@@ -1,0 +1,27 @@
+"""Names shared by the engine, its store and its tasks: collections, statuses, task names."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+RUNS: Final = "runs"
+WORKFLOWS: Final = "workflows"
+
+RunStatus = Literal["pending", "running", "finished", "failed", "error", "cancelled"]
+NodeStatus = Literal["pending", "running", "waiting", "finished", "failed", "skipped"]
+TriggerType = Literal["api", "cli", "schedule", "run_workflow"]
+
+RUN_ACTIVE: Final[tuple[RunStatus, ...]] = ("pending", "running")
+RUN_OVER: Final[tuple[RunStatus, ...]] = ("finished", "failed", "error", "cancelled")
+NODE_OVER: Final[tuple[NodeStatus, ...]] = ("finished", "failed", "skipped")
+
+NODE_TASK_PREFIX: Final = "workers."
+FINALIZE_TASK: Final = "orchestrator.finalize_run"
+RUN_ERROR_TASK: Final = "orchestrator.run_error"
+JOIN_TASK: Final = "orchestrator.join"
+
+ENTRY_POINT_GROUP: Final = "orchestrator.node_types"
+
+# The longest countdown any task may ask for: far below the broker's visibility timeout
+# (celeryconfig.py), past which Redis redelivers a held message to a second worker.
+MAX_COUNTDOWN_S: Final = 600.0

@@ -1,0 +1,120 @@
+"""Human-readable views of runs for the command line: a tree of runs, nodes and children."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from orchestrator.models import NodeState, Run
+
+STATUS_STYLE = {
+    "pending": "dim",
+    "running": "cyan",
+    "waiting": "blue",
+    "finished": "green",
+    "failed": "red",
+    "error": "bold red",
+    "cancelled": "yellow",
+    "skipped": "dim",
+}
+
+
+def status_text(status: str) -> Text:
+    """A status word in its colour."""
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def seconds(value: float | None) -> str:
+    """A duration for people: `0.12 s`, `3.4 s`, `2 min 5 s`."""
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.2f} s"
+    if value < 120:
+        return f"{value:.1f} s"
+    return f"{int(value // 60)} min {int(value % 60)} s"
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, default=str, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _node_line(node_id: str, state: NodeState) -> Text:
+    line = Text.assemble((node_id, "bold"), "  ", status_text(state.status), f"  {seconds(state.duration_s)}")
+    if state.attempts > 1:
+        line.append(f"  attempts {state.attempts}")
+    if state.error and state.status in ("failed", "skipped"):
+        line.append(f"  {state.error}", style="red" if state.status == "failed" else "dim")
+    elif state.status == "finished" and state.output is not None:
+        line.append(f"  → {_short(state.output)}", style="dim")
+    return line
+
+
+def _run_label(run: Run) -> Text:
+    label = Text.assemble((run.workflow, "bold"), f"  {run.id}  ", status_text(run.status), f"  {seconds(run.duration_s)}")
+    if run.parent_node_id:
+        label.append(f"  (started by node {run.parent_node_id})", style="dim")
+    if run.error:
+        label.append(f"\n{run.error}", style="red")
+    return label
+
+
+def _add_run(tree: Tree, run: Run) -> None:
+    children_by_node: dict[str, list[Run]] = {}
+    for child in run.children:
+        children_by_node.setdefault(child.parent_node_id or "", []).append(child)
+    for node_id, state in run.nodes.items():
+        branch = tree.add(_node_line(node_id, state))
+        for child in children_by_node.pop(node_id, []):
+            _add_run(branch.add(_run_label(child)), child)
+    for orphans in children_by_node.values():
+        for child in orphans:
+            _add_run(tree.add(_run_label(child)), child)
+
+
+def run_tree(run: Run) -> Tree:
+    """The run, its nodes (status, duration, output or error) and its child runs under the
+    node that started them, recursively."""
+    tree = Tree(_run_label(run))
+    _add_run(tree, run)
+    return tree
+
+
+def run_view(run: Run) -> Group:
+    """The run tree followed by its results, when it has any."""
+    parts: list[Any] = [run_tree(run)]
+    if run.results is not None:
+        parts.append(Text("results: ", style="bold") + Text(_short(run.results, 400)))
+    return Group(*parts)
+
+
+def runs_table(runs: list[Run]) -> Table:
+    """Runs as a table: id, workflow, status, trigger, created, duration, parent."""
+    table = Table(show_edge=False)
+    for column in ("run id", "workflow", "status", "trigger", "created (UTC)", "duration", "parent"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            run.id,
+            run.workflow,
+            status_text(run.status),
+            str(run.trigger.get("type", "")),
+            run.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            seconds(run.duration_s),
+            run.parent_run_id or "",
+        )
+    return table
+
+
+def progress_line(run: Run) -> str:
+    """One line for a progress display: status and how many nodes are done."""
+    done = sum(1 for s in run.nodes.values() if s.status in ("finished", "failed", "skipped"))
+    active = [n for n, s in run.nodes.items() if s.status in ("running", "waiting")]
+    now = f", running: {', '.join(active)}" if active else ""
+    return f"{run.workflow} {run.id[:8]}: {run.status}, {done}/{len(run.nodes)} nodes done{now}"

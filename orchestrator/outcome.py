@@ -1,0 +1,70 @@
+"""Decisions made from a run document: whether a node runs or is skipped, and how a run ends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import JsonValue
+
+from orchestrator.constants import RunStatus
+from orchestrator.errors import TemplateError
+from orchestrator.spec import NodeSpec
+from orchestrator.templating import build_scope, render
+
+
+def dependency_verdict(spec: NodeSpec, states: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Why the node must be skipped, or None when it should run.
+
+    A node is skipped when a dependency failed, or when every one of its paths is cut: each
+    dependency skipped, or finished on a branch other than the one it waits for.
+    """
+    deps = spec.dependencies()
+    if not deps:
+        return None
+    cut: list[str] = []
+    for dep, branch in deps:
+        state = states.get(dep, {})
+        status = state.get("status")
+        if status == "failed":
+            return f"skipped: dependency '{dep}' failed"
+        if status != "finished":
+            cut.append(f"'{dep}' {status or 'missing'}")
+            continue
+        output = state.get("output")
+        taken = output.get("branch") if isinstance(output, Mapping) else None
+        if branch is not None and taken != branch:
+            cut.append(f"branch '{dep}.{branch}' not taken")
+            continue
+        return None
+    return "skipped: every path is cut (" + ", ".join(cut) + ")"
+
+
+def finished_outputs(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Outputs of the run's finished nodes, by node id."""
+    return {k: v.get("output") for k, v in doc.get("nodes", {}).items() if v.get("status") == "finished"}
+
+
+def decide_outcome(
+    doc: Mapping[str, Any], output: JsonValue, final_nodes: list[str]
+) -> tuple[RunStatus, Any, str | None]:
+    """How a run ends, from its nodes: `(status, results, error)`.
+
+    `failed` when any node failed (the error names them); `error` when the workflow's
+    `output` cannot be evaluated; else `finished` with `results` = the evaluated `output`,
+    or `{node_id: output}` of the final nodes that finished.
+    """
+    nodes = doc.get("nodes", {})
+    failed = [node_id for node_id, state in nodes.items() if state.get("status") == "failed"]
+    if failed:
+        first = nodes[failed[0]].get("error") or "no message"
+        names = ", ".join(f"'{n}'" for n in failed)
+        return "failed", None, f"node{'s' if len(failed) > 1 else ''} {names} failed: {first}"
+    outputs = finished_outputs(doc)
+    if output is None:
+        return "finished", {n: outputs[n] for n in final_nodes if n in outputs}, None
+    scope = build_scope(doc.get("variables", {}), outputs, doc["_id"], doc["workflow"])
+    try:
+        return "finished", render(output, scope, "workflow output"), None
+    except TemplateError as exc:
+        return "error", None, str(exc)

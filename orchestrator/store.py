@@ -1,0 +1,255 @@
+"""The run store: run documents and workflow definitions in MongoDB.
+
+Every status change is a compare-and-set (`find_one_and_update` / `update_one` with the
+expected status in the filter), so a redelivered or duplicated task cannot move a run or a
+node backwards or finish it twice. Only operations that real MongoDB and nx-27017 both do
+right are used: whole sub-documents for anything holding a datetime, `$currentDate` for
+top-level times, no `$push` of sub-documents, no upsert through `find_one_and_update`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import bson
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from orchestrator.constants import NODE_OVER, RUN_ACTIVE, RUN_OVER, RUNS, WORKFLOWS, RunStatus
+from orchestrator.errors import DocumentTooLarge, RunNotFound, StoreError, WorkflowNotFound
+from orchestrator.models import Run, utcnow
+from orchestrator.spec import WorkflowSpec
+
+Document = dict[str, Any]
+
+
+def connect(mongo_url: str, database: str, timeout_ms: int = 5000) -> Database[Document]:
+    """A database handle for `mongo_url` (connections are made lazily by pymongo)."""
+    client: MongoClient[Document] = MongoClient(
+        mongo_url, serverSelectionTimeoutMS=timeout_ms, tz_aware=True, uuidRepresentation="standard"
+    )
+    return client[database]
+
+
+class RunStore:
+    """Run documents (`runs`) and workflow definitions (`workflows`) in one MongoDB database."""
+
+    def __init__(self, db: Database[Document], max_run_doc_bytes: int = 1024 * 1024) -> None:
+        self.db = db
+        self.runs: Collection[Document] = db[RUNS]
+        self.workflows: Collection[Document] = db[WORKFLOWS]
+        self.max_run_doc_bytes = max_run_doc_bytes
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def ensure_indexes(self) -> None:
+        """Indexes for lookups by parent, by workflow and time, and by status and time."""
+        try:
+            self.runs.create_index([("parent_run_id", ASCENDING)], name="by_parent")
+            self.runs.create_index([("workflow", ASCENDING), ("created_at", DESCENDING)], name="by_workflow")
+            self.runs.create_index([("status", ASCENDING), ("created_at", DESCENDING)], name="by_status")
+            self.runs.create_index([("root_run_id", ASCENDING)], name="by_root")
+        except PyMongoError as exc:
+            raise StoreError(f"cannot create indexes on {self.db.name}.{RUNS}: {exc}") from exc
+
+    def ping(self) -> None:
+        """Raise `StoreError` when the server does not answer."""
+        try:
+            self.db.client.admin.command("ping")
+        except PyMongoError as exc:
+            raise StoreError(f"MongoDB does not answer: {exc}") from exc
+
+    # -- workflows ------------------------------------------------------------------------
+
+    def save_workflow(self, spec: WorkflowSpec) -> None:
+        """Store (or replace) a workflow definition under its name."""
+        doc = {"_id": spec.name, "spec": spec.model_dump(mode="json"), "updated_at": utcnow()}
+        self.workflows.replace_one({"_id": spec.name}, doc, upsert=True)
+
+    def get_workflow(self, name: str) -> WorkflowSpec:
+        """The registered workflow with that name."""
+        doc = self.workflows.find_one({"_id": name})
+        if doc is None:
+            raise WorkflowNotFound(
+                f"no workflow named '{name}' is registered (register it with `orchestrator workflows apply FILE`)"
+            )
+        return WorkflowSpec.model_validate(doc["spec"])
+
+    def list_workflows(self) -> list[WorkflowSpec]:
+        """Every registered workflow, by name."""
+        return [WorkflowSpec.model_validate(d["spec"]) for d in self.workflows.find().sort("_id", ASCENDING)]
+
+    def workflow_names(self) -> set[str]:
+        """Names of every registered workflow."""
+        return {d["_id"] for d in self.workflows.find({}, {"_id": 1})}
+
+    def delete_workflow(self, name: str) -> bool:
+        """Remove a workflow definition; True when one was removed."""
+        return self.workflows.delete_one({"_id": name}).deleted_count == 1
+
+    # -- runs: create and read ------------------------------------------------------------
+
+    def create_run(self, doc: Document) -> tuple[Document, bool]:
+        """Insert a run document; when its id exists already, return that one instead.
+
+        Returns:
+            The stored document and whether this call created it.
+        """
+        try:
+            self.runs.insert_one(doc)
+            return doc, True
+        except DuplicateKeyError:
+            return self.get_run_document(doc["_id"]), False
+
+    def get_run_document(self, run_id: str) -> Document:
+        """The raw run document."""
+        doc = self.runs.find_one({"_id": run_id})
+        if doc is None:
+            raise RunNotFound(f"no run with id '{run_id}'")
+        return doc
+
+    def get_run(self, run_id: str) -> Run:
+        """The run document as a `Run`."""
+        return Run.model_validate(self.get_run_document(run_id))
+
+    def list_runs(
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        """Runs, newest first, filtered by workflow, status and parent."""
+        query: Document = {}
+        if workflow:
+            query["workflow"] = workflow
+        if status:
+            query["status"] = status
+        if parent_run_id:
+            query["parent_run_id"] = parent_run_id
+        cursor = self.runs.find(query).sort("created_at", DESCENDING).limit(max(limit, 0))
+        return [Run.model_validate(d) for d in cursor]
+
+    def children(self, run_id: str) -> list[Run]:
+        """The runs started by `run_id`'s nodes, oldest first."""
+        cursor = self.runs.find({"parent_run_id": run_id}).sort("created_at", ASCENDING)
+        return [Run.model_validate(d) for d in cursor]
+
+    def run_tree(self, run_id: str) -> Run:
+        """The run with its descendants in `children`, recursively."""
+        root = self.get_run(run_id)
+        by_parent: dict[str, list[Run]] = {}
+        for doc in self.runs.find({"root_run_id": root.root_run_id or root.id}).sort("created_at", ASCENDING):
+            run = Run.model_validate(doc)
+            if run.parent_run_id:
+                by_parent.setdefault(run.parent_run_id, []).append(run)
+        self._attach(root, by_parent)
+        return root
+
+    def _attach(self, run: Run, by_parent: dict[str, list[Run]]) -> None:
+        run.children = by_parent.get(run.id, [])
+        for child in run.children:
+            self._attach(child, by_parent)
+
+    def descendants(self, run_id: str) -> Iterator[Run]:
+        """Every run below `run_id`, parents before children."""
+        for child in self.children(run_id):
+            yield child
+            yield from self.descendants(child.id)
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def start_node(self, run_id: str, node_id: str, attempt: int) -> Document | None:
+        """Mark a node `running` if the run is active and the node not over.
+
+        Returns:
+            The run document as it was before (other nodes' outputs included), or None when
+            the run is over or the node already finished (a redelivered message).
+        """
+        state = {"status": "running", "attempts": attempt, "started_at": utcnow()}
+        before = self.runs.find_one_and_update(
+            {"_id": run_id, "status": {"$in": list(RUN_ACTIVE)}, f"nodes.{node_id}.status": {"$nin": list(NODE_OVER)}},
+            {"$set": {"status": "running", f"nodes.{node_id}": state}},
+            return_document=ReturnDocument.BEFORE,
+        )
+        if before is not None and before.get("status") == "pending":
+            self.runs.update_one({"_id": run_id, "started_at": None}, {"$currentDate": {"started_at": True}})
+        return before
+
+    def end_node(
+        self,
+        run_id: str,
+        node_id: str,
+        state: Document,
+        doc_size: int = 0,
+        from_statuses: Iterable[str] = ("running", "waiting", "pending"),
+    ) -> bool:
+        """Record a node's final state (`finished`, `failed` or `skipped`), once.
+
+        Args:
+            state: the node's whole sub-document (`status`, `output`, `error`, times…).
+            doc_size: the run document's current size in bytes, to refuse outputs that
+                would push it past the limit.
+
+        Returns:
+            True when this call recorded it, False when the node was over already.
+
+        Raises:
+            DocumentTooLarge: the output would make the run document too large.
+        """
+        if doc_size and state.get("output") is not None:
+            added = len(bson.encode({"o": state["output"]}))
+            if doc_size + added > self.max_run_doc_bytes:
+                raise DocumentTooLarge(
+                    f"node '{node_id}' output is {added / 1024:.0f} KiB; with it the run document would pass "
+                    f"the {self.max_run_doc_bytes / 1024:.0f} KiB limit (ORCH_MAX_RUN_DOC_BYTES). "
+                    "Store large data elsewhere and pass an identifier."
+                )
+        result = self.runs.update_one(
+            {"_id": run_id, f"nodes.{node_id}.status": {"$in": list(from_statuses)}},
+            {"$set": {f"nodes.{node_id}": state}},
+        )
+        return result.modified_count == 1
+
+    def set_node_state(self, run_id: str, node_id: str, state: Document, expected: Iterable[str]) -> bool:
+        """Compare-and-set a node's sub-document; True when the node was in `expected`."""
+        result = self.runs.update_one(
+            {"_id": run_id, f"nodes.{node_id}.status": {"$in": list(expected)}},
+            {"$set": {f"nodes.{node_id}": state}},
+        )
+        return result.modified_count == 1
+
+    # -- runs: status ---------------------------------------------------------------------
+
+    def end_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        results: Any = None,
+        error: str | None = None,
+        from_statuses: Iterable[str] = RUN_ACTIVE,
+    ) -> Document | None:
+        """Move a run to a final status, once; the document after, or None if it was over."""
+        return self.runs.find_one_and_update(
+            {"_id": run_id, "status": {"$in": list(from_statuses)}},
+            {"$set": {"status": status, "results": results, "error": error}, "$currentDate": {"finished_at": True}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    def cancel_run(self, run_id: str, cascade: bool = True) -> list[str]:
+        """Cancel a run that is not over (and its active descendants); the ids cancelled."""
+        cancelled: list[str] = []
+        if self.end_run(run_id, "cancelled", error="cancelled by request") is not None:
+            cancelled.append(run_id)
+        else:
+            self.get_run_document(run_id)  # RunNotFound when it does not exist
+        if cascade:
+            for child in self.descendants(run_id):
+                if child.status not in RUN_OVER and self.end_run(
+                    child.id, "cancelled", error=f"cancelled with run {run_id}"
+                ):
+                    cancelled.append(child.id)
+        return cancelled

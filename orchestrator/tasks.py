@@ -1,0 +1,158 @@
+"""The Celery tasks that run nodes, end runs and record engine faults.
+
+A node task never raises for a node's own failure: it records the failure in the run
+document and returns, so chains and chords go on and the final step decides the run's
+status. Retries (`retry:` in the node spec) use `self.retry`, which keeps the node's place
+in its chain or chord. Every state change goes through the store's compare-and-set, so a
+redelivered message finds its node over and only lets the canvas go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback as tb
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import bson
+from celery import Task
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from pydantic import JsonValue, TypeAdapter, ValidationError
+
+from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, MAX_COUNTDOWN_S, NODE_TASK_PREFIX, RUN_ERROR_TASK
+from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, OrchestratorError, TemplateError
+from orchestrator.models import utcnow
+from orchestrator.registry import NodeContext, NodeType
+from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
+from orchestrator.spec import NodeSpec
+from orchestrator.templating import build_scope, render
+
+if TYPE_CHECKING:
+    from orchestrator.app import OrchestratorApp
+
+logger = logging.getLogger("orchestrator.tasks")
+_JSON = TypeAdapter(JsonValue)
+
+
+class NodeTask(Task):  # type: ignore[misc]
+    """Base of every `workers.<type>` task: retries are the engine's, never Celery's default."""
+
+    max_retries = None
+    acks_late = True
+    typing = False
+
+
+def register_tasks(app: OrchestratorApp) -> None:
+    """Register one `workers.<type>` task per node type, and the engine's own tasks."""
+    for node_type in app.registry.types.values():
+        _register_node_task(app, node_type)
+
+    @app.task(name=FINALIZE_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
+    def finalize_run(self: Task, run_id: str, output: Any = None, final_nodes: list[str] | None = None) -> str | None:
+        return end_run(self.app, run_id, output, final_nodes or [])
+
+    @app.task(name=RUN_ERROR_TASK, shared=False)  # type: ignore[untyped-decorator]
+    def run_error(request: Any, exc: BaseException, traceback: Any, run_id: str) -> None:
+        message = f"engine fault in task {getattr(request, 'task', '?')}: {type(exc).__name__}: {exc}"
+        logger.error("run %s: %s", run_id, message)
+        app.store.end_run(run_id, "error", error=message)
+
+    @app.task(name=JOIN_TASK, shared=False)  # type: ignore[untyped-decorator]
+    def join() -> None:
+        """A no-op step that closes a fan-out inside a larger fan-in."""
+
+
+def _register_node_task(app: OrchestratorApp, node_type: NodeType[Any]) -> None:
+    @app.task(name=NODE_TASK_PREFIX + node_type.name, base=NodeTask, bind=True, shared=False)  # type: ignore[untyped-decorator]
+    def node_task(self: NodeTask, run_id: str, node: dict[str, Any]) -> None:
+        run_node(self, node_type, run_id, NodeSpec.model_validate(node))
+
+
+def run_node(task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSpec) -> None:
+    """Run one node of a run, once: start it, check its dependencies, render, call, record."""
+    store = task.app.store
+    attempt = task.request.retries + 1
+    before = store.start_node(run_id, spec.id, attempt)
+    if before is None:
+        doc = store.get_run_document(run_id)
+        if doc["status"] in ("cancelled", "error"):
+            raise Ignore()  # the run is over: stop this branch of the canvas here
+        return  # a redelivered message: the node is over, let the canvas go on
+    states = before.get("nodes", {})
+    skip_reason = dependency_verdict(spec, states)
+    if skip_reason:
+        store.end_node(run_id, spec.id, {"status": "skipped", "error": skip_reason, "attempts": 0})
+        return
+    started = utcnow()
+    try:
+        output = _call(task, node_type, spec, before, attempt)
+        state = {"status": "finished", "output": output, "attempts": attempt}
+        store.end_node(run_id, spec.id, _timed(state, started), doc_size=len(bson.encode(before)))
+    except DocumentTooLarge as exc:
+        store.end_node(run_id, spec.id, _timed(_failure(exc, attempt, with_traceback=False), started))
+    except (OrchestratorError, ValidationError, Exception) as exc:
+        if spec.retry and attempt < spec.retry.max_attempts:
+            delay = min(spec.retry.delay_before(attempt + 1), MAX_COUNTDOWN_S)
+            logger.warning("run %s node %s attempt %d failed (%s); retry in %.1fs", run_id, spec.id, attempt, exc, delay)
+            store.set_node_state(
+                run_id, spec.id, _timed(_failure(exc, attempt) | {"status": "running"}, started), ["running"]
+            )
+            raise task.retry(countdown=delay, exc=exc) from exc
+        store.end_node(run_id, spec.id, _timed(_failure(exc, attempt), started))
+
+
+def _call(task: NodeTask, node_type: NodeType[Any], spec: NodeSpec, doc: dict[str, Any], attempt: int) -> Any:
+    """Render the params, validate them, call the node's function and check its output."""
+    outputs = finished_outputs(doc)
+    scope = build_scope(doc.get("variables", {}), outputs, doc["_id"], doc["workflow"])
+    rendered = {key: render(value, scope, f"node '{spec.id}', parameter '{key}'") for key, value in spec.params.items()}
+    try:
+        params = node_type.params.model_validate(rendered)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"parameter '{'.'.join(str(p) for p in e['loc']) or '(params)'}': {e['msg']}" for e in exc.errors()
+        )
+        raise NodeError(f"node '{spec.id}' ({spec.type}): {problems}") from exc
+    deadline = datetime.now(UTC) + timedelta(seconds=spec.timeout_s) if spec.timeout_s else None
+    context = NodeContext(
+        run_id=doc["_id"],
+        workflow=doc["workflow"],
+        node_id=spec.id,
+        attempt=attempt,
+        variables=doc.get("variables", {}),
+        outputs=outputs,
+        store=task.app.store,
+        settings=task.app.settings,
+        deadline=deadline,
+        run=doc,
+    )
+    try:
+        output = node_type.run(params, context)
+    except SoftTimeLimitExceeded as exc:
+        raise NodeTimeout(f"node '{spec.id}' timed out after {spec.timeout_s:g} s (timeout_s)") from exc
+    try:
+        return _JSON.validate_python(output)
+    except ValidationError as exc:
+        raise NodeError(f"node '{spec.id}' ({spec.type}) returned output that is not JSON: {exc.errors()[0]['msg']}") from exc
+
+
+def _failure(exc: BaseException, attempt: int, with_traceback: bool = True) -> dict[str, Any]:
+    known = isinstance(exc, NodeError | TemplateError | DocumentTooLarge)
+    message = str(exc) if known else f"{type(exc).__name__}: {exc}"
+    trace = "".join(tb.format_exception(exc, limit=-4)) if with_traceback and not known else None
+    return {"status": "failed", "error": message, "traceback": trace, "attempts": attempt}
+
+
+def _timed(state: dict[str, Any], started: datetime) -> dict[str, Any]:
+    return state | {"started_at": started, "finished_at": utcnow()}
+
+
+def end_run(app: OrchestratorApp, run_id: str, output: Any, final_nodes: list[str]) -> str | None:
+    """The run's last step: decide its status and results from its nodes, once."""
+    store = app.store
+    doc = store.get_run_document(run_id)
+    if doc["status"] not in ("pending", "running"):
+        return None
+    status, results, error = decide_outcome(doc, output, final_nodes)
+    ended = store.end_run(run_id, status, results=results, error=error)
+    return status if ended else None
