@@ -24,6 +24,9 @@ result_expires = 7 * 86400
 # Above the longest wait a node may do inside a chord header; the chord counter expires silently.
 result_chord_expires = 30 * 86400
 
+# Errbacks on chord header tasks too (the run's engine-fault handler is idempotent).
+task_allow_error_cb_on_chord_header = True
+
 worker_soft_shutdown_timeout = 30
 worker_send_task_events = True
 task_send_sent_event = True

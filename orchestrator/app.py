@@ -12,20 +12,33 @@ from typing import Any
 from celery import Celery
 from celery.backends.redis import RedisBackend
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.registry import Registry, load_registry
 from orchestrator.settings import Settings
 from orchestrator.store import RunStore, connect
 
 
 class RunResultBackend(RedisBackend):  # type: ignore[misc]
-    """The Redis result backend, minus the per-message result subscription in clients.
+    """The Redis result backend, without result subscriptions.
 
-    Runs are watched through their MongoDB documents, never through `AsyncResult.get()`, so
-    subscribing to every sent task's result channel would only cost a round trip per trigger.
+    Runs are watched through their MongoDB documents, never through `AsyncResult.get()`.
+    Celery's Redis backend subscribes to the result channel of every task it sends and of
+    every member of a group it freezes: a round trip per trigger and subscriptions that pile
+    up in long-lived processes. Here nothing subscribes; `AsyncResult.state` and `.ready()`
+    still work (they read the stored result).
     """
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
+
+    def _add_pending_result(self, task_id: str, result: Any, weak: bool = False) -> None:
+        return None
+
+    def wait_for_pending(self, result: Any, **kwargs: Any) -> Any:
+        raise OrchestratorError(
+            "AsyncResult.get() is not supported on the orchestrator's app: watch the run "
+            "document instead (Orchestrator.wait), or poll AsyncResult.ready()"
+        )
 
 
 class OrchestratorApp(Celery):  # type: ignore[misc]

@@ -273,3 +273,7 @@ def demo(timeout: float) -> None:
 
     with handled():
         sys.exit(run_demo(out, err, timeout))
+
+
+if __name__ == "__main__":
+    main()

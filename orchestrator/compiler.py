@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from celery import Celery, chain, chord, group
-from celery.canvas import Signature
+from celery import Celery, chord, group
+from celery.canvas import Signature, _chain
 
 from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, NODE_TASK_PREFIX, RUN_ERROR_TASK
 from orchestrator.spec import NodeSpec, WorkflowSpec
@@ -68,19 +68,22 @@ def compile_graph(graph: Graph, leaf: Callable[[str], Signature], join: Callable
 
 
 def then(first: Signature, second: Signature) -> Signature:
-    """`second` after `first`: a chord when `first` ends in a group, else a flat chain."""
+    """`second` after `first`, built explicitly: what ends in a group becomes a chord, what
+    ends in a chord gets `second` appended to the chord's body, anything else a flat chain."""
     if isinstance(first, group):
         return chord(first.tasks, second)
-    if isinstance(first, chain) and isinstance(first.tasks[-1], group):
-        return chain(*first.tasks[:-1], chord(first.tasks[-1].tasks, second))
-    head = list(first.tasks) if isinstance(first, chain) else [first]
-    tail = list(second.tasks) if isinstance(second, chain) else [second]
-    return chain(*head, *tail)
+    if isinstance(first, chord):
+        return chord(first.tasks, then(first.body, second))
+    if isinstance(first, _chain) and isinstance(first.tasks[-1], group | chord):
+        return _chain(*first.tasks[:-1], then(first.tasks[-1], second))
+    head = list(first.tasks) if isinstance(first, _chain) else [first]
+    tail = list(second.tasks) if isinstance(second, _chain) else [second]
+    return _chain(*head, *tail)
 
 
 def close(sig: Signature, join: Callable[[], Signature]) -> Signature:
     """A group member that ends when all its work ends: a trailing group gets a join step."""
-    if isinstance(sig, chain) and isinstance(sig.tasks[-1], group):
+    if isinstance(sig, _chain) and isinstance(sig.tasks[-1], group):
         return then(sig, join())
     return sig
 

@@ -41,7 +41,7 @@ def seconds(value: float | None) -> str:
 
 
 def _short(value: Any, width: int = 60) -> str:
-    text = json.dumps(value, default=str, separators=(",", ":"))
+    text = json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

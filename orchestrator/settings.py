@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Every setting the orchestrator reads. Secrets stay in `SecretStr` and out of logs."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     redis_url: str = Field("redis://localhost:6379/0", validation_alias="REDIS_URL")
     mongo_url: str = Field("mongodb://localhost:27017/orchestrator", validation_alias="MONGO_URL")

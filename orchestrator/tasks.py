@@ -21,7 +21,7 @@ from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, MAX_COUNTDOWN_S, NODE_TASK_PREFIX, RUN_ERROR_TASK
 from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, OrchestratorError, TemplateError
-from orchestrator.models import utcnow
+from orchestrator.models import NodeState, utcnow
 from orchestrator.registry import NodeContext, NodeType
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
 from orchestrator.spec import NodeSpec
@@ -81,24 +81,23 @@ def run_node(task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSp
     states = before.get("nodes", {})
     skip_reason = dependency_verdict(spec, states)
     if skip_reason:
-        store.end_node(run_id, spec.id, {"status": "skipped", "error": skip_reason, "attempts": 0})
+        store.end_node(run_id, spec.id, node_state(status="skipped", error=skip_reason))
         return
     started = utcnow()
     try:
         output = _call(task, node_type, spec, before, attempt)
-        state = {"status": "finished", "output": output, "attempts": attempt}
-        store.end_node(run_id, spec.id, _timed(state, started), doc_size=len(bson.encode(before)))
+        state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
+        store.end_node(run_id, spec.id, state, doc_size=len(bson.encode(before)))
     except DocumentTooLarge as exc:
-        store.end_node(run_id, spec.id, _timed(_failure(exc, attempt, with_traceback=False), started))
+        store.end_node(run_id, spec.id, _failure(exc, attempt, started, with_traceback=False))
     except (OrchestratorError, ValidationError, Exception) as exc:
         if spec.retry and attempt < spec.retry.max_attempts:
             delay = min(spec.retry.delay_before(attempt + 1), MAX_COUNTDOWN_S)
             logger.warning("run %s node %s attempt %d failed (%s); retry in %.1fs", run_id, spec.id, attempt, exc, delay)
-            store.set_node_state(
-                run_id, spec.id, _timed(_failure(exc, attempt) | {"status": "running"}, started), ["running"]
-            )
+            retrying = _failure(exc, attempt, started) | {"status": "running", "finished_at": None}
+            store.set_node_state(run_id, spec.id, retrying, ["running"])
             raise task.retry(countdown=delay, exc=exc) from exc
-        store.end_node(run_id, spec.id, _timed(_failure(exc, attempt), started))
+        store.end_node(run_id, spec.id, _failure(exc, attempt, started))
 
 
 def _call(task: NodeTask, node_type: NodeType[Any], spec: NodeSpec, doc: dict[str, Any], attempt: int) -> Any:
@@ -136,15 +135,17 @@ def _call(task: NodeTask, node_type: NodeType[Any], spec: NodeSpec, doc: dict[st
         raise NodeError(f"node '{spec.id}' ({spec.type}) returned output that is not JSON: {exc.errors()[0]['msg']}") from exc
 
 
-def _failure(exc: BaseException, attempt: int, with_traceback: bool = True) -> dict[str, Any]:
+def node_state(**fields: Any) -> dict[str, Any]:
+    """A node's whole sub-document (every field of the contract), finished now unless given."""
+    fields.setdefault("finished_at", utcnow())
+    return NodeState(**fields).model_dump()
+
+
+def _failure(exc: BaseException, attempt: int, started: datetime, with_traceback: bool = True) -> dict[str, Any]:
     known = isinstance(exc, NodeError | TemplateError | DocumentTooLarge)
     message = str(exc) if known else f"{type(exc).__name__}: {exc}"
     trace = "".join(tb.format_exception(exc, limit=-4)) if with_traceback and not known else None
-    return {"status": "failed", "error": message, "traceback": trace, "attempts": attempt}
-
-
-def _timed(state: dict[str, Any], started: datetime) -> dict[str, Any]:
-    return state | {"started_at": started, "finished_at": utcnow()}
+    return node_state(status="failed", error=message, traceback=trace, attempts=attempt, started_at=started)
 
 
 def end_run(app: OrchestratorApp, run_id: str, output: Any, final_nodes: list[str]) -> str | None:

@@ -1,0 +1,25 @@
+# The orchestrator image: one image for the worker, beat and Flower (see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Only what the package needs: the build context holds no .dockerignore, and a local .venv
+# must stay out of the image. README.m[d] matches nothing (and is skipped) when there is none.
+WORKDIR /src
+COPY pyproject.toml celeryconfig.py README.m[d] ./
+COPY orchestrator ./orchestrator
+COPY workers ./workers
+RUN pip install . \
+    && rm -rf /src
+
+# Not root. Its home is the working directory, so celery beat's schedule file and
+# ORCH_HOME land somewhere it may write.
+RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin orchestrator
+USER orchestrator
+WORKDIR /home/orchestrator
+ENV ORCH_HOME=/home/orchestrator/.orchestrator
+
+CMD ["orchestrator", "worker"]

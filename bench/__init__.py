@@ -1,0 +1,1 @@
+"""Benchmarks (scripts, not tests): `bench/engine.py` compares the engine with raw Celery."""

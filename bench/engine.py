@@ -1,0 +1,340 @@
+"""Engine overhead benchmark: a straight-line workflow against a raw Celery chain, per step.
+
+What it measures, in one run, against the same Redis and the same single worker
+(`celery -A bench.bench_app worker`, prefork, concurrency 1):
+
+* raw Celery: a chain of N immutable `bench.noop` signatures (a task that does nothing),
+  timed from `apply_async()` until the last task's result is stored (`AsyncResult.ready()`,
+  polled every 2 ms);
+* the engine: a workflow of N `set` nodes in a line (node i after node i-1), registered with
+  `Orchestrator.register(dict)`, timed from `Orchestrator.trigger` until `Orchestrator.wait`
+  sees the run document `finished`.
+
+Each is run once to warm up, then `--repeat` times (interleaved). The table gives the median
+per-step time of the chain, the median per-node time of the workflow and their ratio; the
+issue's target is a ratio of at most 2. A few diagnostics follow: how long `trigger` itself
+takes, the time to the run document's own `finished_at` (without `wait`'s polling delay),
+and, from the node timestamps, the time spent inside nodes and between them.
+
+Services: `REDIS_URL` / `MONGO_URL` when set and answering, else a private `redis-server` and
+an in-memory `nx-27017` under a temporary directory, stopped at the end.
+
+Run it from the repository root:
+
+    make bench
+    .venv/bin/python bench/engine.py [--repeat 5] [--nodes 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import chain
+
+from orchestrator.api import Orchestrator
+from orchestrator.app import OrchestratorApp, create_app
+from orchestrator.embedded import Service, mongo_answers, redis_answers, start_mongo, start_redis
+from orchestrator.models import Run
+from orchestrator.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+QUEUE_ENV = "BENCH_QUEUE"  # read by bench/bench_app.py
+NOOP_TASK = "bench.noop"
+POLL_S = 0.002  # how often the chain's last result is looked for
+
+
+# -- services -------------------------------------------------------------------------------
+
+
+@dataclass
+class Services:
+    """The Redis and MongoDB in use, how they were found, and those started here."""
+
+    redis_url: str
+    mongo_url: str
+    redis_origin: str
+    mongo_origin: str
+    started: list[Service] = field(default_factory=list)
+
+
+def _from_env(name: str, answers: Any) -> str | None:
+    url = os.environ.get(name)
+    return url if url and answers(url) else None
+
+
+@contextlib.contextmanager
+def services(home: Path) -> Iterator[Services]:
+    """`REDIS_URL` / `MONGO_URL` when they answer, else private servers for the duration."""
+    started: list[Service] = []
+    try:
+        redis_url = _from_env("REDIS_URL", redis_answers)
+        redis_origin = "REDIS_URL"
+        if redis_url is None:
+            started.append(start_redis(home / "redis"))
+            redis_url, redis_origin = started[-1].url, "private redis-server started here"
+        mongo_url = _from_env("MONGO_URL", mongo_answers)
+        mongo_origin = "MONGO_URL"
+        if mongo_url is None:
+            started.append(start_mongo(home / "mongo", database="orchestrator_bench", in_memory=True))
+            mongo_url, mongo_origin = started[-1].url, "private nx-27017 (in memory) started here"
+        yield Services(redis_url, mongo_url, redis_origin, mongo_origin, started)
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+def redis_version(url: str) -> str:
+    """The Redis server's version."""
+    client = redis.Redis.from_url(url)
+    with contextlib.closing(client):
+        return str(client.info("server").get("redis_version", "?"))
+
+
+def mongo_version(orch: Orchestrator) -> str:
+    """The MongoDB(-wire) server's reported version."""
+    try:
+        return str(orch.store.db.client.server_info().get("version", "?"))
+    except Exception as exc:  # a wire server may not implement buildInfo
+        return f"? ({type(exc).__name__})"
+
+
+# -- the worker -----------------------------------------------------------------------------
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextlib.contextmanager
+def worker(
+    app: OrchestratorApp, found: Services, queue: str, log: Path, timeout: float = 60
+) -> Iterator[str]:
+    """One `celery -A bench.bench_app worker` (prefork, concurrency 1) on `queue`; its name."""
+    hostname = f"{queue}@{socket.gethostname()}"
+    python_path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(
+        os.environ,
+        REDIS_URL=found.redis_url,
+        MONGO_URL=found.mongo_url,
+        PYTHONPATH=os.pathsep.join(python_path),
+        **{QUEUE_ENV: queue},
+    )
+    cmd = [sys.executable, "-m", "celery", "-A", "bench.bench_app", "worker", "--pool", "prefork",
+           "--concurrency", "1", "--loglevel", "WARNING", "--hostname", hostname, "--queues", queue,
+           "--without-gossip", "--without-mingle"]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not app.control.ping(destination=[hostname], timeout=0.5):
+            if process.poll() is not None:
+                raise RuntimeError(f"worker exited at start (code {process.returncode}):\n{_tail(log)}")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"worker did not answer ping within {timeout:g} s:\n{_tail(log)}")
+        yield hostname
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# -- the two measurements -------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One timed run: wall time to completion as the client saw it, and diagnostics."""
+
+    total_s: float
+    stamped_s: float  # from the start to the completion time stored by the server/worker
+    trigger_s: float = 0.0  # workflow only: how long `trigger` took to return
+    in_node_s: float = 0.0  # workflow only: mean time inside a node (its own timestamps)
+    between_s: float = 0.0  # workflow only: mean gap from one node's end to the next's start
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def time_chain(app: OrchestratorApp, steps: int, timeout: float) -> Sample:
+    """A chain of `steps` no-op tasks, from `apply_async` until the last result is stored."""
+    canvas = chain(*[app.signature(NOOP_TASK, immutable=True) for _ in range(steps)])
+    started_at = datetime.now(UTC)
+    start = time.perf_counter()
+    result = canvas.apply_async()
+    deadline = start + timeout
+    while not result.ready():  # the app's backend refuses `.get()`: poll the stored result
+        if time.perf_counter() >= deadline:
+            raise TimeoutError(f"chain of {steps} steps not done after {timeout:g} s")
+        time.sleep(POLL_S)
+    total = time.perf_counter() - start
+    if not result.successful():
+        raise RuntimeError(f"chain ended {result.state}")
+    done = result.date_done
+    if isinstance(done, str):
+        done = datetime.fromisoformat(done)
+    stamped = (_aware(done) - started_at).total_seconds() if done else total
+    result.forget()
+    return Sample(total, stamped)
+
+
+def line_workflow(name: str, nodes: int) -> dict[str, Any]:
+    """A workflow of `nodes` `set` nodes, each after the one before."""
+    ids = [f"n{i:04d}" for i in range(nodes)]
+    return {
+        "name": name,
+        "description": f"benchmark: {nodes} set nodes in a line",
+        "nodes": [
+            {"id": node_id, "type": "set", "params": {"i": i}, **({"after": [ids[i - 1]]} if i else {})}
+            for i, node_id in enumerate(ids)
+        ],
+    }
+
+
+def _node_timing(run: Run) -> tuple[float, float]:
+    """Mean seconds inside a node, and mean seconds between one node's end and the next's start."""
+    states = [run.nodes[k] for k in sorted(run.nodes)]
+    inside = [s.duration_s for s in states if s.duration_s is not None]
+    gaps = [
+        (_aware(b.started_at) - _aware(a.finished_at)).total_seconds()
+        for a, b in itertools.pairwise(states)
+        if a.finished_at and b.started_at
+    ]
+    return (statistics.fmean(inside) if inside else 0.0, statistics.fmean(gaps) if gaps else 0.0)
+
+
+def time_workflow(orch: Orchestrator, name: str, timeout: float) -> Sample:
+    """One run of the registered workflow, from `trigger` until the run is `finished`."""
+    started_at = datetime.now(UTC)
+    start = time.perf_counter()
+    run_id = orch.trigger(name)
+    triggered = time.perf_counter() - start
+    run = orch.wait(run_id, timeout=timeout)
+    total = time.perf_counter() - start
+    if run.status != "finished":
+        raise RuntimeError(f"run {run_id} ended {run.status}: {run.error}")
+    stamped = (_aware(run.finished_at) - started_at).total_seconds() if run.finished_at else total
+    inside, between = _node_timing(run)
+    return Sample(total, stamped, triggered, inside, between)
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def _median_ms(values: list[float]) -> str:
+    return _ms(statistics.median(values))
+
+
+def report(raw: list[Sample], flow: list[Sample], steps: int) -> None:
+    """Print the table: per-step time of the chain, per-node time of the workflow, ratio."""
+    print(f"\n{'':26}{'total ms':>10}{'per step ms':>13}{'min':>9}{'max':>9}   (medians of {len(raw)} runs)")
+    for label, samples in (("raw Celery chain (noop)", raw), ("workflow (set nodes)", flow)):
+        per = [s.total_s / steps for s in samples]
+        total = _median_ms([s.total_s for s in samples])
+        print(f"{label:26}{total:>10}{_median_ms(per):>13}{_ms(min(per)):>9}{_ms(max(per)):>9}")
+    ratio = statistics.median(s.total_s for s in flow) / statistics.median(s.total_s for s in raw)
+    verdict = "OK" if ratio <= 2 else "ABOVE TARGET"
+    print(f"{'ratio workflow / raw':26}{'':10}{ratio:>13.2f}   (target <= 2.00: {verdict})")
+
+    stamped_raw = statistics.median(s.stamped_s for s in raw)
+    stamped_flow = statistics.median(s.stamped_s for s in flow)
+    print("\ndiagnostics (medians):")
+    print(f"  per step, start to the stored completion time: raw {_ms(stamped_raw / steps)} ms, "
+          f"workflow {_ms(stamped_flow / steps)} ms, ratio {stamped_flow / stamped_raw:.2f}")  # fmt: skip
+    print(f"  workflow trigger() call:               {_median_ms([s.trigger_s for s in flow])} ms")
+    print(
+        f"  wait() return after finished_at:       {_median_ms([s.total_s - s.stamped_s for s in flow])} ms"
+    )
+    print(f"  inside a node (its own timestamps):    {_median_ms([s.in_node_s for s in flow])} ms")
+    print(f"  from a node's end to the next's start: {_median_ms([s.between_s for s in flow])} ms")
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="timed runs of each, after one warm-up (default 5)"
+    )
+    parser.add_argument("--nodes", type=int, default=100, help="chain steps / workflow nodes (default 100)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per run (default 600)")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.nodes < 1:
+        parser.error("--repeat and --nodes must be at least 1")
+    return args
+
+
+def run_benchmark(args: argparse.Namespace, home: Path) -> None:
+    """Start what is needed, measure both, print the table, clean up."""
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    with services(home) as found:
+        settings = Settings().model_copy(update={"redis_url": found.redis_url, "mongo_url": found.mongo_url})
+        app = create_app(settings)
+        app.conf.task_default_queue = queue  # before anything is sent: the worker's queue only
+        orch = Orchestrator(app=app)
+        name = f"bench_line_{args.nodes}_{queue[6:]}"
+        try:
+            print(
+                f"Redis:   {found.redis_url}  (redis {redis_version(found.redis_url)}; {found.redis_origin})"
+            )
+            print(f"MongoDB: {found.mongo_url}  (server {mongo_version(orch)}; {found.mongo_origin})")
+            orch.register(line_workflow(name, args.nodes))
+            with worker(app, found, queue, home / "worker.log") as hostname:
+                print(f"worker:  {hostname} (prefork, concurrency 1), queue {queue}")
+                print(
+                    f"{args.nodes} steps / nodes; 1 warm-up + {args.repeat} timed runs of each, interleaved"
+                )
+                time_chain(app, args.nodes, args.timeout)
+                time_workflow(orch, name, args.timeout)
+                raw: list[Sample] = []
+                flow: list[Sample] = []
+                for _ in range(args.repeat):
+                    raw.append(time_chain(app, args.nodes, args.timeout))
+                    flow.append(time_workflow(orch, name, args.timeout))
+            report(raw, flow, args.nodes)
+        finally:
+            orch.store.runs.delete_many({"workflow": name})
+            orch.store.delete_workflow(name)
+            orch.close()
+            app.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; the exit code is 0 when it ran (whatever the ratio)."""
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp:
+        run_benchmark(args, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Real services for the suite, started once per session.
+
+Redis: `REDIS_URL` when set, else a private `redis-server` on a free port. MongoDB:
+`MONGO_URL` when set, else `nx-27017` on a free port (in memory). Workers are real
+`orchestrator worker` subprocesses (prefork), with the test node types of tests/plugins.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from orchestrator import Orchestrator
+from orchestrator.embedded import start_mongo, start_redis
+from orchestrator.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS = "tests.plugins"
+
+
+@pytest.fixture(scope="session")
+def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    home = tmp_path_factory.mktemp("services")
+    started = []
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        started.append(start_redis(home))
+        redis_url = started[-1].url
+    mongo_url = os.environ.get("MONGO_URL")
+    if not mongo_url:
+        started.append(start_mongo(home, database="orchestrator_test", in_memory=True))
+        mongo_url = started[-1].url
+    redis.Redis.from_url(redis_url).flushdb()
+    yield redis_url, mongo_url
+    for service in reversed(started):
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    redis_url, mongo_url = service_urls
+    return Settings(
+        REDIS_URL=redis_url, MONGO_URL=mongo_url, ORCH_PLUGINS=PLUGINS, ORCH_HOME=tmp_path_factory.mktemp("home")
+    )
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a worker subprocess of the suite runs with."""
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=settings.redis_url,
+        MONGO_URL=settings.mongo_url,
+        ORCH_PLUGINS=PLUGINS,
+        ORCH_HOME=str(settings.home),
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+    )
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """An `orchestrator worker` subprocess, ready when its node answers a ping."""
+
+    def __init__(self, settings: Settings, orch: Orchestrator, *args: str, name: str = "") -> None:
+        self.hostname = f"{name or 'test'}-{uuid.uuid4().hex[:6]}@%h"
+        cmd = [sys.executable, "-m", "orchestrator.cli", "worker", "--loglevel=WARNING", f"--hostname={self.hostname}", *args]
+        self.log = settings.home / f"{self.hostname.split('@')[0]}.log"
+        self.process = subprocess.Popen(cmd, env=worker_env(settings), stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        self.orch = orch
+
+    def wait_ready(self, timeout: float = 60) -> WorkerProcess:
+        deadline = time.monotonic() + timeout
+        prefix = self.hostname.split("@")[0]
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"worker exited: {self.log.read_text()[-2000:]}"
+            replies = self.orch.app.control.ping(timeout=0.5)
+            if any(name.startswith(prefix) for reply in replies for name in reply):
+                return self
+        raise AssertionError(f"worker not ready in {timeout} s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def orch(settings: Settings) -> Iterator[Orchestrator]:
+    orchestrator = Orchestrator(settings=settings)
+    yield orchestrator
+    orchestrator.close()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, orch: Orchestrator) -> Iterator[WorkerProcess]:
+    """One shared prefork worker with two processes."""
+    process = WorkerProcess(settings, orch, "--pool=prefork", "--concurrency=2", name="shared").wait_ready()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_store(request: pytest.FixtureRequest) -> None:
+    if "orch" in request.fixturenames:
+        orch: Orchestrator = request.getfixturevalue("orch")
+        orch.store.runs.delete_many({})
+        orch.store.workflows.delete_many({})
+        orch.store.db["test_counts"].delete_many({})
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def workflow(name: str, *nodes: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A workflow definition as a dict."""
+    return {"name": name, "nodes": list(nodes), **extra}

@@ -1,0 +1,81 @@
+"""Node types used only by the tests (loaded with ORCH_PLUGINS=tests.plugins)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from orchestrator.errors import NodeError
+from orchestrator.registry import NodeContext, NodeType
+
+
+class FlakyParams(BaseModel):
+    succeed_on: int = 2
+
+
+def flaky(params: FlakyParams, context: NodeContext) -> dict[str, Any]:
+    """Fails until attempt `succeed_on`."""
+    if context.attempt < params.succeed_on:
+        raise NodeError(f"flaky: attempt {context.attempt} fails on purpose")
+    return {"attempt": context.attempt}
+
+
+class FailParams(BaseModel):
+    message: str = "failing on purpose"
+
+
+def fail(params: FailParams, context: NodeContext) -> None:
+    """Always fails with `message`."""
+    raise RuntimeError(params.message)
+
+
+class BigParams(BaseModel):
+    kib: int
+
+
+def big(params: BigParams, context: NodeContext) -> str:
+    """Returns a string of `kib` KiB."""
+    return "x" * (params.kib * 1024)
+
+
+class CountParams(BaseModel):
+    key: str
+
+
+def count(params: CountParams, context: NodeContext) -> int:
+    """Counts its executions in MongoDB (to prove a node body ran once)."""
+    doc = context.store.db["test_counts"].find_one_and_update(
+        {"_id": params.key}, {"$inc": {"n": 1}}, upsert=True, return_document=True
+    )
+    return int(doc["n"])
+
+
+class NotJsonParams(BaseModel):
+    pass
+
+
+def not_json(params: NotJsonParams, context: NodeContext) -> object:
+    """Returns something that is not JSON."""
+    return {1, 2}
+
+
+class BlockParams(BaseModel):
+    seconds: float
+
+
+def block(params: BlockParams, context: NodeContext) -> str:
+    """Sleeps without looking at its deadline (only a time limit can stop it)."""
+    time.sleep(params.seconds)
+    return "woke up"
+
+
+node_types = [
+    NodeType(name="block", params=BlockParams, run=block),
+    NodeType(name="flaky", params=FlakyParams, run=flaky),
+    NodeType(name="fail", params=FailParams, run=fail),
+    NodeType(name="big", params=BigParams, run=big),
+    NodeType(name="count", params=CountParams, run=count),
+    NodeType(name="not_json", params=NotJsonParams, run=not_json),
+]

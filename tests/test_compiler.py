@@ -1,0 +1,84 @@
+"""The compiler builds chains, groups and chords explicitly; checked without a broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery import chord, group
+from celery.canvas import Signature, _chain
+
+from orchestrator.app import OrchestratorApp, create_app
+from orchestrator.compiler import compile_workflow
+from orchestrator.settings import Settings
+from orchestrator.spec import parse_workflow
+
+
+@pytest.fixture(scope="module")
+def app() -> OrchestratorApp:
+    return create_app(Settings(REDIS_URL="redis://127.0.0.1:1/0", MONGO_URL="mongodb://127.0.0.1:1/x"))
+
+
+def shape(sig: Signature) -> Any:
+    """A canvas as nested tuples of node ids: ('chain', ...), ('group', ...), ('chord', header, body)."""
+    if isinstance(sig, chord):
+        return ("chord", tuple(shape(t) for t in sig.tasks), shape(sig.body))
+    if isinstance(sig, group):
+        return ("group", tuple(shape(t) for t in sig.tasks))
+    if isinstance(sig, _chain):
+        return ("chain", tuple(shape(t) for t in sig.tasks))
+    if sig.task == "orchestrator.finalize_run":
+        return "END"
+    if sig.task == "orchestrator.join":
+        return "JOIN"
+    return sig.kwargs["node"]["id"]
+
+
+def compiled(app: OrchestratorApp, edges: dict[str, list[str]]) -> Any:
+    spec = parse_workflow({"name": "W", "nodes": [{"id": n, "type": "set", "after": a} for n, a in edges.items()]})
+    return shape(compile_workflow(app, spec, "run1"))
+
+
+def test_straight_line_is_one_flat_chain(app: OrchestratorApp) -> None:
+    assert compiled(app, {"a": [], "b": ["a"], "c": ["b"]}) == ("chain", ("a", "b", "c", "END"))
+
+
+def test_independent_nodes_are_a_group_joined_by_the_end(app: OrchestratorApp) -> None:
+    assert compiled(app, {"a": [], "b": []}) == ("chord", ("a", "b"), "END")
+
+
+def test_fan_out_then_fan_in_is_a_chain_with_a_chord(app: OrchestratorApp) -> None:
+    assert compiled(app, {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}) == (
+        "chain",
+        ("a", ("chord", ("b", "c"), ("chain", ("d", "END")))),
+    )
+
+
+def test_branches_of_different_length_stay_independent(app: OrchestratorApp) -> None:
+    assert compiled(app, {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": ["c", "d"]}) == (
+        "chain",
+        ("a", ("chord", (("chain", ("b", "c")), "d"), ("chain", ("e", "END")))),
+    )
+
+
+def test_fan_out_inside_a_fan_in_is_closed_by_a_join(app: OrchestratorApp) -> None:
+    # x fans out to y and z; w is independent; t waits for y, z and w.
+    result = compiled(app, {"x": [], "y": ["x"], "z": ["x"], "w": [], "t": ["y", "z", "w"]})
+    assert result == ("chord", ("w", ("chain", ("x", ("chord", ("y", "z"), "JOIN")))), ("chain", ("t", "END")))
+
+
+def test_non_series_parallel_graph_gets_a_barrier_after_its_sources(app: OrchestratorApp) -> None:
+    # the "N": c waits for a; d waits for a and b.
+    result = compiled(app, {"a": [], "b": [], "c": ["a"], "d": ["a", "b"]})
+    assert result == ("chord", ("a", "b"), ("chord", ("c", "d"), "END"))
+
+
+def test_every_node_is_one_immutable_message_named_after_its_type(app: OrchestratorApp) -> None:
+    spec = parse_workflow(
+        {"name": "W", "nodes": [{"id": "a", "type": "sleep", "params": {"seconds": 1}, "timeout_s": 5}]}
+    )
+    canvas = compile_workflow(app, spec, "run1")
+    first = canvas.tasks[0]
+    assert first.task == "workers.sleep" and first.immutable
+    assert first.kwargs == {"run_id": "run1", "node": {"id": "a", "type": "sleep", "params": {"seconds": 1}, "timeout_s": 5.0}}
+    assert first.options["soft_time_limit"] == 5.0

@@ -1,0 +1,211 @@
+"""Runs on a real prefork worker: shapes, lifecycle, retries, timeouts, limits, redelivery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator import Orchestrator
+from orchestrator.models import Run
+from tests.conftest import wait_for, workflow
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def run(orch: Orchestrator, spec: dict[str, Any], variables: dict[str, Any] | None = None, timeout: float = 30) -> Run:
+    orch.register(spec)
+    return orch.run(spec["name"], variables, timeout=timeout)
+
+
+def test_chain_runs_nodes_in_order_and_passes_outputs(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "Chain",
+            {"id": "a", "type": "set", "params": {"n": "{{ start }}"}},
+            {"id": "b", "type": "set", "after": ["a"], "params": {"n": "{{ nodes.a.output.n + 1 }}"}},
+            {"id": "c", "type": "set", "after": ["b"], "params": {"n": "{{ nodes.b.output.n * 10 }}"}},
+            variables={"start": 1},
+        ),
+    )
+    assert result.status == "finished"
+    assert result.results == {"c": {"n": 20}}
+    a, b, c = (result.nodes[n] for n in "abc")
+    assert a.finished_at is not None and b.started_at is not None and a.finished_at <= b.started_at
+    assert b.finished_at is not None and c.started_at is not None and b.finished_at <= c.started_at
+    assert result.started_at is not None and result.finished_at is not None and result.trigger == {"type": "api"}
+
+
+def test_group_branches_run_in_parallel(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "Fan Out",
+            {"id": "left", "type": "sleep", "params": {"seconds": 1}},
+            {"id": "right", "type": "sleep", "params": {"seconds": 1}},
+        ),
+    )
+    assert result.status == "finished"
+    left, right = result.nodes["left"], result.nodes["right"]
+    assert left.started_at and right.finished_at and right.started_at and left.finished_at
+    assert left.started_at < right.finished_at and right.started_at < left.finished_at  # they overlapped
+
+
+def test_chord_fan_in_waits_for_every_branch(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "Fan In",
+            {"id": "start", "type": "set", "params": {"x": 1}},
+            {"id": "slow", "type": "sleep", "after": ["start"], "params": {"seconds": 0.5, "output": 2}},
+            {"id": "fast", "type": "set", "after": ["start"], "params": {"v": 3}},
+            {"id": "total", "type": "set", "after": ["slow", "fast"], "params": {"sum": "{{ nodes.slow.output.output + nodes.fast.output.v }}"}},
+            output="{{ nodes.total.output.sum }}",
+        ),
+    )
+    assert result.status == "finished" and result.results == 5
+    assert result.nodes["slow"].finished_at <= result.nodes["total"].started_at  # type: ignore[operator]
+
+
+def test_non_series_parallel_graph_runs_every_node_once(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "N Shape",
+            {"id": "a", "type": "count", "params": {"key": "n-a"}},
+            {"id": "b", "type": "count", "params": {"key": "n-b"}},
+            {"id": "c", "type": "count", "after": ["a"], "params": {"key": "n-c"}},
+            {"id": "d", "type": "count", "after": ["a", "b"], "params": {"key": "n-d"}},
+        ),
+    )
+    assert result.status == "finished"
+    assert {n: s.output for n, s in result.nodes.items()} == {"a": 1, "b": 1, "c": 1, "d": 1}
+
+
+def test_failed_node_fails_the_run_and_skips_downstream(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "Broken",
+            {"id": "ok", "type": "set", "params": {"x": 1}},
+            {"id": "boom", "type": "fail", "after": ["ok"], "params": {"message": "exchange is down"}},
+            {"id": "after_boom", "type": "set", "after": ["boom"]},
+            {"id": "later", "type": "set", "after": ["after_boom"]},
+            {"id": "side", "type": "set", "after": ["ok"], "params": {"y": 2}},
+        ),
+    )
+    assert result.status == "failed"
+    assert "node 'boom' failed" in (result.error or "") and "exchange is down" in (result.error or "")
+    assert result.nodes["boom"].status == "failed"
+    assert "RuntimeError: exchange is down" in (result.nodes["boom"].error or "")
+    assert "Traceback" in (result.nodes["boom"].traceback or "")
+    assert result.nodes["after_boom"].status == "skipped" and result.nodes["later"].status == "skipped"
+    assert result.nodes["side"].status == "finished"  # independent branches still run
+
+
+def test_undefined_template_name_fails_the_node_saying_where(orch: Orchestrator) -> None:
+    result = run(orch, workflow("Typo", {"id": "fetch", "type": "set", "params": {"interval": "{{ timefrme }}"}}))
+    assert result.status == "failed"
+    assert result.nodes["fetch"].error == "node 'fetch', parameter 'interval': undefined name 'timefrme' in template '{{ timefrme }}'"
+
+
+def test_invalid_params_fail_the_node_naming_the_parameter(orch: Orchestrator) -> None:
+    result = run(orch, workflow("Bad Param", {"id": "nap", "type": "sleep", "params": {"seconds": "{{ -1 }}"}}))
+    assert result.status == "failed"
+    assert "node 'nap' (sleep): parameter 'seconds'" in (result.nodes["nap"].error or "")
+
+
+def test_output_that_cannot_be_evaluated_is_a_run_error(orch: Orchestrator) -> None:
+    result = run(orch, workflow("Bad Output", {"id": "a", "type": "set"}, output="{{ nodes.a.output.missing }}"))
+    assert result.status == "error" and "workflow output" in (result.error or "")
+
+
+def test_output_that_is_not_json_fails_the_node(orch: Orchestrator) -> None:
+    result = run(orch, workflow("Not JSON", {"id": "odd", "type": "not_json"}))
+    assert result.status == "failed" and "not JSON" in (result.nodes["odd"].error or "")
+
+
+def test_retry_runs_the_node_again_until_it_succeeds(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "Retry",
+            {"id": "shaky", "type": "flaky", "params": {"succeed_on": 3}, "retry": {"max_attempts": 3, "backoff_s": 0.1}},
+            {"id": "next", "type": "count", "after": ["shaky"], "params": {"key": "retry-next"}},
+        ),
+    )
+    assert result.status == "finished"
+    assert result.nodes["shaky"].output == {"attempt": 3} and result.nodes["shaky"].attempts == 3
+    assert result.nodes["next"].output == 1  # the rest of the chain ran once
+
+
+def test_retry_gives_up_after_max_attempts(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow("Retry Out", {"id": "shaky", "type": "flaky", "params": {"succeed_on": 5}, "retry": {"max_attempts": 2, "backoff_s": 0.05}}),
+    )
+    assert result.status == "failed"
+    assert result.nodes["shaky"].attempts == 2 and "attempt 2 fails" in (result.nodes["shaky"].error or "")
+
+
+def test_node_past_its_timeout_fails(orch: Orchestrator) -> None:
+    result = run(orch, workflow("Slow", {"id": "nap", "type": "sleep", "params": {"seconds": 30}, "timeout_s": 0.5}))
+    assert result.status == "failed"
+    assert "timed out" in (result.nodes["nap"].error or "")
+    assert result.nodes["nap"].duration_s is not None and result.nodes["nap"].duration_s < 10
+
+
+def test_time_limit_stops_a_node_that_ignores_its_deadline(orch: Orchestrator) -> None:
+    result = run(orch, workflow("Blocking", {"id": "stuck", "type": "block", "params": {"seconds": 30}, "timeout_s": 1}))
+    assert result.status == "failed"
+    assert result.nodes["stuck"].error == "node 'stuck' timed out after 1 s (timeout_s)"
+
+
+def test_output_past_the_document_limit_fails_the_node_clearly(orch: Orchestrator) -> None:
+    result = run(orch, workflow("Too Big", {"id": "huge", "type": "big", "params": {"kib": 2048}}))
+    assert result.status == "failed"
+    error = result.nodes["huge"].error or ""
+    assert "ORCH_MAX_RUN_DOC_BYTES" in error and "pass an identifier" in error
+
+
+def test_a_redelivered_node_message_does_not_run_the_node_again(orch: Orchestrator) -> None:
+    result = run(orch, workflow("Once", {"id": "c", "type": "count", "params": {"key": "once"}}))
+    assert result.status == "finished" and result.nodes["c"].output == 1
+    # deliver the same node message again, as Redis would after a lost ack
+    node = {"id": "c", "type": "count", "params": {"key": "once"}}
+    orch.app.signature("workers.count", kwargs={"run_id": result.id, "node": node}).apply_async()
+    orch.app.signature("orchestrator.finalize_run", kwargs={"run_id": result.id}).apply_async()
+    marker = run(orch, workflow("Marker", {"id": "m", "type": "set"}))  # the worker has drained its queue
+    assert marker.status == "finished"
+    assert orch.store.db["test_counts"].find_one({"_id": "once"})["n"] == 1  # type: ignore[index]
+    assert orch.get_run(result.id).status == "finished"
+
+
+def test_cancelled_run_starts_no_more_nodes(orch: Orchestrator) -> None:
+    orch.register(
+        workflow(
+            "Cancel Me",
+            {"id": "first", "type": "sleep", "params": {"seconds": 1}},
+            {"id": "second", "type": "count", "after": ["first"], "params": {"key": "cancelled-second"}},
+        )
+    )
+    run_id = orch.trigger("Cancel Me")
+    wait_for(lambda: orch.get_run(run_id).nodes["first"].status == "running", what="first node running")
+    assert orch.cancel(run_id) == [run_id]
+    marker = run(orch, workflow("Marker", {"id": "m", "type": "sleep", "params": {"seconds": 1.2}}))
+    assert marker.status == "finished"
+    cancelled = orch.get_run(run_id)
+    assert cancelled.status == "cancelled" and cancelled.nodes["second"].status == "pending"
+    assert orch.store.db["test_counts"].find_one({"_id": "cancelled-second"}) is None
+
+
+def test_run_document_follows_the_contract(orch: Orchestrator) -> None:
+    result = run(orch, workflow("Doc", {"id": "a", "type": "set", "params": {"s": "{{ symbol }}"}}, variables={"symbol": "BTC"}), {"symbol": "ETH"})
+    doc = orch.store.get_run_document(result.id)
+    for field in ("_id", "workflow", "status", "variables", "trigger", "parent_run_id", "parent_node_id", "root_run_id",
+                  "depth", "nodes", "results", "error", "created_at", "started_at", "finished_at"):
+        assert field in doc, field
+    assert doc["variables"] == {"symbol": "ETH"} and doc["depth"] == 0 and doc["root_run_id"] == result.id
+    assert set(doc["nodes"]["a"]) >= {"status", "output", "error", "attempts", "started_at", "finished_at"}
+    assert result.created_at <= result.started_at <= result.finished_at  # type: ignore[operator]
