@@ -30,6 +30,6 @@ __all__ = [
     "TemplateError",
     "WaitTimeout",
     "WorkflowNotFound",
-    "WorkflowValidationError",
     "WorkflowSpec",
+    "WorkflowValidationError",
 ]

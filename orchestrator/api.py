@@ -97,7 +97,11 @@ class Orchestrator:
         return self.store.get_run(run_id)
 
     def list_runs(
-        self, workflow: str | None = None, status: str | None = None, limit: int = 50, parent: str | None = None
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        parent: str | None = None,
     ) -> list[Run]:
         """Runs, newest first."""
         return self.store.list_runs(workflow=workflow, status=status, parent_run_id=parent, limit=limit)
@@ -114,5 +118,12 @@ class Orchestrator:
         return self.store.cancel_run(run_id, cascade=cascade)
 
     def close(self) -> None:
-        """Release connections."""
+        """Release connections to MongoDB and Redis."""
         self.store.db.client.close()
+        self.app.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

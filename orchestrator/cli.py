@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from orchestrator.api import Orchestrator
 from orchestrator.display import progress_line, run_view, runs_table
@@ -30,12 +31,12 @@ from orchestrator.models import Run
 
 BAD_INPUT = (WorkflowValidationError, WorkflowNotFound, RunNotFound, TemplateError)
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int) -> NoReturn:
     """Print the message on stderr and exit with `code`."""
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    err.print(Text.assemble(("error: ", "red"), message))
     sys.exit(code)
 
 
@@ -77,8 +78,11 @@ def parse_vars(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
     return variables
 
 
-def _orchestrator() -> Orchestrator:
-    return Orchestrator()
+@contextmanager
+def connected() -> Iterator[Orchestrator]:
+    """An `Orchestrator` from the environment, closed afterwards; errors become exit codes."""
+    with handled(), Orchestrator() as orch:
+        yield orch
 
 
 @click.group()
@@ -101,9 +105,12 @@ def workflows_apply(paths: tuple[Path, ...]) -> None:
     """Validate workflow files (YAML or JSON) and register them; nothing is registered when any is invalid."""
     from orchestrator.spec import load_workflow_file
 
-    with handled():
-        orch = _orchestrator()
-        files = [p for path in paths for p in (sorted(path.glob("*.y*ml")) + sorted(path.glob("*.json")) if path.is_dir() else [path])]
+    with connected() as orch:
+        files = [
+            p
+            for path in paths
+            for p in (sorted(path.glob("*.y*ml")) + sorted(path.glob("*.json")) if path.is_dir() else [path])
+        ]
         specs, problems = [], []
         for path in files:
             try:
@@ -121,8 +128,8 @@ def workflows_apply(paths: tuple[Path, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def workflows_list(as_json: bool) -> None:
     """List registered workflows."""
-    with handled():
-        specs = _orchestrator().workflows()
+    with connected() as orch:
+        specs = orch.workflows()
         if as_json:
             print_json([s.model_dump(mode="json") for s in specs])
             return
@@ -141,11 +148,12 @@ def workflows_list(as_json: bool) -> None:
 @click.option("--wait", is_flag=True, help="wait for the run to end and show it")
 @click.option("--timeout", type=float, default=None, help="seconds to wait (with --wait)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON (the run document with --wait)")
-def run_command(name: str, pairs: tuple[str, ...], vars_json: str | None, wait: bool, timeout: float | None, as_json: bool) -> None:
+def run_command(
+    name: str, pairs: tuple[str, ...], vars_json: str | None, wait: bool, timeout: float | None, as_json: bool
+) -> None:
     """Start a run of workflow NAME."""
     variables = parse_vars(pairs, vars_json)
-    with handled():
-        orch = _orchestrator()
+    with connected() as orch:
         run_id = orch.trigger(name, variables, trigger={"type": "cli"})
         if not wait:
             print_json({"run_id": run_id}) if as_json else out.print(run_id)
@@ -200,14 +208,20 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--workflow", default=None)
-@click.option("--status", default=None, type=click.Choice(["pending", "running", "finished", "failed", "error", "cancelled"]))
+@click.option(
+    "--status",
+    default=None,
+    type=click.Choice(["pending", "running", "finished", "failed", "error", "cancelled"]),
+)
 @click.option("--parent", default=None, help="only the child runs of this run")
 @click.option("--limit", default=50, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True)
-def runs_list(workflow: str | None, status: str | None, parent: str | None, limit: int, as_json: bool) -> None:
+def runs_list(
+    workflow: str | None, status: str | None, parent: str | None, limit: int, as_json: bool
+) -> None:
     """List runs, newest first."""
-    with handled():
-        found = _orchestrator().list_runs(workflow=workflow, status=status, limit=limit, parent=parent)
+    with connected() as orch:
+        found = orch.list_runs(workflow=workflow, status=status, limit=limit, parent=parent)
         if as_json:
             print_json([r.to_document() for r in found])
         else:
@@ -219,8 +233,7 @@ def runs_list(workflow: str | None, status: str | None, parent: str | None, limi
 @click.option("--json", "as_json", is_flag=True)
 def runs_show(run_id: str, as_json: bool) -> None:
     """Show a run, its nodes and its tree of child runs."""
-    with handled():
-        orch = _orchestrator()
+    with connected() as orch:
         show_run(orch, orch.get_run(run_id), as_json)
 
 
@@ -229,21 +242,29 @@ def runs_show(run_id: str, as_json: bool) -> None:
 @click.option("--no-cascade", is_flag=True, help="leave its child runs going")
 def runs_cancel(run_id: str, no_cascade: bool) -> None:
     """Cancel a run and (unless --no-cascade) its child runs."""
-    with handled():
-        cancelled = _orchestrator().cancel(run_id, cascade=not no_cascade)
-        out.print(f"cancelled {len(cancelled)} run(s): {', '.join(cancelled)}" if cancelled else f"run {run_id} was already over")
+    with connected() as orch:
+        cancelled = orch.cancel(run_id, cascade=not no_cascade)
+        out.print(
+            f"cancelled {len(cancelled)} run(s): {', '.join(cancelled)}"
+            if cancelled
+            else f"run {run_id} was already over"
+        )
 
 
 # -- processes ------------------------------------------------------------------------------
 
 
 @main.command()
-@click.option("--concurrency", "-c", type=int, default=None, help="worker processes/threads (default: CPU count)")
+@click.option(
+    "--concurrency", "-c", type=int, default=None, help="worker processes/threads (default: CPU count)"
+)
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork")
 @click.option("--queues", "-Q", default=None, help="comma-separated queues to consume")
 @click.option("--loglevel", "-l", default="INFO")
 @click.option("--hostname", "-n", default=None)
-def worker(concurrency: int | None, pool: str, queues: str | None, loglevel: str, hostname: str | None) -> None:
+def worker(
+    concurrency: int | None, pool: str, queues: str | None, loglevel: str, hostname: str | None
+) -> None:
     """Start a Celery worker that runs workflow nodes."""
     from orchestrator.app import create_app
 

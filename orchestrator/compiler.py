@@ -64,7 +64,9 @@ def compile_graph(graph: Graph, leaf: Callable[[str], Signature], join: Callable
     if len(sinks) == 1:
         return then(compile_graph(_without(graph, sinks), leaf, join), leaf(sinks[0]))
     # Not series-parallel at this level: a barrier after the sources keeps it correct.
-    return then(compile_graph(_sub(graph, sources), leaf, join), compile_graph(_without(graph, sources), leaf, join))
+    return then(
+        compile_graph(_sub(graph, sources), leaf, join), compile_graph(_without(graph, sources), leaf, join)
+    )
 
 
 def then(first: Signature, second: Signature) -> Signature:

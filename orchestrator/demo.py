@@ -26,17 +26,22 @@ def run_demo(out: Console, err: Console, timeout: float) -> int:
     with services(settings.home, settings.redis_url, settings.mongo_url) as (redis_url, mongo_url, started):
         if started:
             err.print(
-                f"No {' or '.join(_what(s) for s in started)} reachable: using an embedded {' and '.join(started)} "
+                f"No {' or '.join(_what(s) for s in started)} reachable: "
+                f"using an embedded {' and '.join(started)} "
                 f"(data under {settings.home}) with an in-process worker."
             )
         settings = settings.model_copy(update={"redis_url": redis_url, "mongo_url": mongo_url})
         orch = Orchestrator(settings=settings)
         for path in sorted(EXAMPLES.glob("*.yaml")):
             orch.register(path)
-        with start_worker(orch.app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"):
+        with start_worker(
+            orch.app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
+        ):
             run_id = orch.trigger(DEMO_WORKFLOW, trigger={"type": "cli"})
             with err.status(f"{DEMO_WORKFLOW}: starting") as status:
-                run = orch.wait(run_id, timeout=timeout, on_progress=lambda r: status.update(progress_line(r)))
+                run = orch.wait(
+                    run_id, timeout=timeout, on_progress=lambda r: status.update(progress_line(r))
+                )
             out.print(run_view(orch.run_tree(run.id)))
         orch.close()
         return 0 if run.status == "finished" else 1

@@ -57,7 +57,9 @@ def _node_line(node_id: str, state: NodeState) -> Text:
 
 
 def _run_label(run: Run) -> Text:
-    label = Text.assemble((run.workflow, "bold"), f"  {run.id}  ", status_text(run.status), f"  {seconds(run.duration_s)}")
+    label = Text.assemble(
+        (run.workflow, "bold"), f"  {run.id}  ", status_text(run.status), f"  {seconds(run.duration_s)}"
+    )
     if run.parent_node_id:
         label.append(f"  (started by node {run.parent_node_id})", style="dim")
     if run.error:

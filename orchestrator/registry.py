@@ -129,14 +129,18 @@ def load_registry(plugin_modules: tuple[str, ...] = ()) -> Registry:
         try:
             loaded = ep.load()
         except Exception as exc:
-            raise ConfigurationError(f"node type plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+            raise ConfigurationError(
+                f"node type plugin '{ep.name}' ({ep.value}) failed to load: {exc}"
+            ) from exc
         for node_type in _node_types_of(loaded, f"entry point '{ep.name}'"):
             registry.add(node_type)
     for module_name in plugin_modules:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ConfigurationError(f"ORCH_PLUGINS names '{module_name}', which cannot be imported: {exc}") from exc
+            raise ConfigurationError(
+                f"ORCH_PLUGINS names '{module_name}', which cannot be imported: {exc}"
+            ) from exc
         for node_type in _node_types_of(module, f"module '{module_name}'"):
             registry.add(node_type)
     return registry

@@ -231,5 +231,7 @@ def load_workflow_file(path: str | Path, known_types: Iterable[str] | None = Non
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise WorkflowValidationError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+        raise WorkflowValidationError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
     return parse_workflow(data, known_types, source=str(path))

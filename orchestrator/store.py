@@ -74,7 +74,8 @@ class RunStore:
         doc = self.workflows.find_one({"_id": name})
         if doc is None:
             raise WorkflowNotFound(
-                f"no workflow named '{name}' is registered (register it with `orchestrator workflows apply FILE`)"
+                f"no workflow named '{name}' is registered "
+                "(register it with `orchestrator workflows apply FILE`)"
             )
         return WorkflowSpec.model_validate(doc["spec"])
 
@@ -130,7 +131,7 @@ class RunStore:
             query["status"] = status
         if parent_run_id:
             query["parent_run_id"] = parent_run_id
-        cursor = self.runs.find(query).sort("created_at", DESCENDING).limit(max(limit, 0))
+        cursor = self.runs.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
         return [Run.model_validate(d) for d in cursor]
 
     def children(self, run_id: str) -> list[Run]:
@@ -171,7 +172,11 @@ class RunStore:
         """
         state = {"status": "running", "attempts": attempt, "started_at": utcnow()}
         before = self.runs.find_one_and_update(
-            {"_id": run_id, "status": {"$in": list(RUN_ACTIVE)}, f"nodes.{node_id}.status": {"$nin": list(NODE_OVER)}},
+            {
+                "_id": run_id,
+                "status": {"$in": list(RUN_ACTIVE)},
+                f"nodes.{node_id}.status": {"$nin": list(NODE_OVER)},
+            },
             {"$set": {"status": "running", f"nodes.{node_id}": state}},
             return_document=ReturnDocument.BEFORE,
         )
@@ -235,7 +240,10 @@ class RunStore:
         """Move a run to a final status, once; the document after, or None if it was over."""
         return self.runs.find_one_and_update(
             {"_id": run_id, "status": {"$in": list(from_statuses)}},
-            {"$set": {"status": status, "results": results, "error": error}, "$currentDate": {"finished_at": True}},
+            {
+                "$set": {"status": status, "results": results, "error": error},
+                "$currentDate": {"finished_at": True},
+            },
             return_document=ReturnDocument.AFTER,
         )
 

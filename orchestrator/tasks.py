@@ -22,8 +22,8 @@ from pydantic import JsonValue, TypeAdapter, ValidationError
 from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, MAX_COUNTDOWN_S, NODE_TASK_PREFIX, RUN_ERROR_TASK
 from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, OrchestratorError, TemplateError
 from orchestrator.models import NodeState, utcnow
-from orchestrator.registry import NodeContext, NodeType
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
+from orchestrator.registry import NodeContext, NodeType
 from orchestrator.spec import NodeSpec
 from orchestrator.templating import build_scope, render
 
@@ -48,7 +48,9 @@ def register_tasks(app: OrchestratorApp) -> None:
         _register_node_task(app, node_type)
 
     @app.task(name=FINALIZE_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
-    def finalize_run(self: Task, run_id: str, output: Any = None, final_nodes: list[str] | None = None) -> str | None:
+    def finalize_run(
+        self: Task, run_id: str, output: Any = None, final_nodes: list[str] | None = None
+    ) -> str | None:
         return end_run(self.app, run_id, output, final_nodes or [])
 
     @app.task(name=RUN_ERROR_TASK, shared=False)  # type: ignore[untyped-decorator]
@@ -93,7 +95,9 @@ def run_node(task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSp
     except (OrchestratorError, ValidationError, Exception) as exc:
         if spec.retry and attempt < spec.retry.max_attempts:
             delay = min(spec.retry.delay_before(attempt + 1), MAX_COUNTDOWN_S)
-            logger.warning("run %s node %s attempt %d failed (%s); retry in %.1fs", run_id, spec.id, attempt, exc, delay)
+            logger.warning(
+                "run %s node %s attempt %d failed (%s); retry in %.1fs", run_id, spec.id, attempt, exc, delay
+            )
             retrying = _failure(exc, attempt, started) | {"status": "running", "finished_at": None}
             store.set_node_state(run_id, spec.id, retrying, ["running"])
             raise task.retry(countdown=delay, exc=exc) from exc
@@ -104,12 +108,16 @@ def _call(task: NodeTask, node_type: NodeType[Any], spec: NodeSpec, doc: dict[st
     """Render the params, validate them, call the node's function and check its output."""
     outputs = finished_outputs(doc)
     scope = build_scope(doc.get("variables", {}), outputs, doc["_id"], doc["workflow"])
-    rendered = {key: render(value, scope, f"node '{spec.id}', parameter '{key}'") for key, value in spec.params.items()}
+    rendered = {
+        key: render(value, scope, f"node '{spec.id}', parameter '{key}'")
+        for key, value in spec.params.items()
+    }
     try:
         params = node_type.params.model_validate(rendered)
     except ValidationError as exc:
         problems = "; ".join(
-            f"parameter '{'.'.join(str(p) for p in e['loc']) or '(params)'}': {e['msg']}" for e in exc.errors()
+            f"parameter '{'.'.join(str(p) for p in e['loc']) or '(params)'}': {e['msg']}"
+            for e in exc.errors()
         )
         raise NodeError(f"node '{spec.id}' ({spec.type}): {problems}") from exc
     deadline = datetime.now(UTC) + timedelta(seconds=spec.timeout_s) if spec.timeout_s else None
@@ -132,7 +140,9 @@ def _call(task: NodeTask, node_type: NodeType[Any], spec: NodeSpec, doc: dict[st
     try:
         return _JSON.validate_python(output)
     except ValidationError as exc:
-        raise NodeError(f"node '{spec.id}' ({spec.type}) returned output that is not JSON: {exc.errors()[0]['msg']}") from exc
+        raise NodeError(
+            f"node '{spec.id}' ({spec.type}) returned output that is not JSON: {exc.errors()[0]['msg']}"
+        ) from exc
 
 
 def node_state(**fields: Any) -> dict[str, Any]:
@@ -141,7 +151,9 @@ def node_state(**fields: Any) -> dict[str, Any]:
     return NodeState(**fields).model_dump()
 
 
-def _failure(exc: BaseException, attempt: int, started: datetime, with_traceback: bool = True) -> dict[str, Any]:
+def _failure(
+    exc: BaseException, attempt: int, started: datetime, with_traceback: bool = True
+) -> dict[str, Any]:
     known = isinstance(exc, NodeError | TemplateError | DocumentTooLarge)
     message = str(exc) if known else f"{type(exc).__name__}: {exc}"
     trace = "".join(tb.format_exception(exc, limit=-4)) if with_traceback and not known else None

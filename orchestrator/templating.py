@@ -24,7 +24,9 @@ _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined|has no attribute '([^']+)'
 
 @lru_cache(maxsize=1)
 def _environment() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    return ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
 
 
 def has_template(value: str) -> bool:
@@ -89,11 +91,16 @@ def _render(value: Any, scope: Mapping[str, Any], where: str, path: str) -> Any:
         except TemplateSyntaxError as exc:
             raise TemplateError(f"{where}{path}: template syntax error: {exc.message}") from exc
         except Exception as exc:  # any error the expression itself raises (1/0, bad types)
-            raise TemplateError(f"{where}{path}: template {value!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise TemplateError(
+                f"{where}{path}: template {value!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
     if isinstance(value, list):
         return [_render(item, scope, where, f"{path}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, dict):
-        return {key: _render(item, scope, where, f"{path}.{key}" if path else f".{key}") for key, item in value.items()}
+        return {
+            key: _render(item, scope, where, f"{path}.{key}" if path else f".{key}")
+            for key, item in value.items()
+        }
     return value
 
 

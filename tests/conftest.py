@@ -49,7 +49,10 @@ def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
 def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
     redis_url, mongo_url = service_urls
     return Settings(
-        REDIS_URL=redis_url, MONGO_URL=mongo_url, ORCH_PLUGINS=PLUGINS, ORCH_HOME=tmp_path_factory.mktemp("home")
+        REDIS_URL=redis_url,
+        MONGO_URL=mongo_url,
+        ORCH_PLUGINS=PLUGINS,
+        ORCH_HOME=tmp_path_factory.mktemp("home"),
     )
 
 
@@ -72,9 +75,19 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, orch: Orchestrator, *args: str, name: str = "") -> None:
         self.hostname = f"{name or 'test'}-{uuid.uuid4().hex[:6]}@%h"
-        cmd = [sys.executable, "-m", "orchestrator.cli", "worker", "--loglevel=WARNING", f"--hostname={self.hostname}", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "worker",
+            "--loglevel=WARNING",
+            f"--hostname={self.hostname}",
+            *args,
+        ]
         self.log = settings.home / f"{self.hostname.split('@')[0]}.log"
-        self.process = subprocess.Popen(cmd, env=worker_env(settings), stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        self.process = subprocess.Popen(
+            cmd, env=worker_env(settings), stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT
+        )
         self.orch = orch
 
     def wait_ready(self, timeout: float = 60) -> WorkerProcess:

@@ -35,7 +35,9 @@ def shape(sig: Signature) -> Any:
 
 
 def compiled(app: OrchestratorApp, edges: dict[str, list[str]]) -> Any:
-    spec = parse_workflow({"name": "W", "nodes": [{"id": n, "type": "set", "after": a} for n, a in edges.items()]})
+    spec = parse_workflow(
+        {"name": "W", "nodes": [{"id": n, "type": "set", "after": a} for n, a in edges.items()]}
+    )
     return shape(compile_workflow(app, spec, "run1"))
 
 
@@ -64,7 +66,11 @@ def test_branches_of_different_length_stay_independent(app: OrchestratorApp) -> 
 def test_fan_out_inside_a_fan_in_is_closed_by_a_join(app: OrchestratorApp) -> None:
     # x fans out to y and z; w is independent; t waits for y, z and w.
     result = compiled(app, {"x": [], "y": ["x"], "z": ["x"], "w": [], "t": ["y", "z", "w"]})
-    assert result == ("chord", ("w", ("chain", ("x", ("chord", ("y", "z"), "JOIN")))), ("chain", ("t", "END")))
+    assert result == (
+        "chord",
+        ("w", ("chain", ("x", ("chord", ("y", "z"), "JOIN")))),
+        ("chain", ("t", "END")),
+    )
 
 
 def test_non_series_parallel_graph_gets_a_barrier_after_its_sources(app: OrchestratorApp) -> None:
@@ -80,5 +86,8 @@ def test_every_node_is_one_immutable_message_named_after_its_type(app: Orchestra
     canvas = compile_workflow(app, spec, "run1")
     first = canvas.tasks[0]
     assert first.task == "workers.sleep" and first.immutable
-    assert first.kwargs == {"run_id": "run1", "node": {"id": "a", "type": "sleep", "params": {"seconds": 1}, "timeout_s": 5.0}}
+    assert first.kwargs == {
+        "run_id": "run1",
+        "node": {"id": "a", "type": "sleep", "params": {"seconds": 1}, "timeout_s": 5.0},
+    }
     assert first.options["soft_time_limit"] == 5.0

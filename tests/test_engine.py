@@ -13,7 +13,9 @@ from tests.conftest import wait_for, workflow
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-def run(orch: Orchestrator, spec: dict[str, Any], variables: dict[str, Any] | None = None, timeout: float = 30) -> Run:
+def run(
+    orch: Orchestrator, spec: dict[str, Any], variables: dict[str, Any] | None = None, timeout: float = 30
+) -> Run:
     orch.register(spec)
     return orch.run(spec["name"], variables, timeout=timeout)
 
@@ -34,7 +36,9 @@ def test_chain_runs_nodes_in_order_and_passes_outputs(orch: Orchestrator) -> Non
     a, b, c = (result.nodes[n] for n in "abc")
     assert a.finished_at is not None and b.started_at is not None and a.finished_at <= b.started_at
     assert b.finished_at is not None and c.started_at is not None and b.finished_at <= c.started_at
-    assert result.started_at is not None and result.finished_at is not None and result.trigger == {"type": "api"}
+    assert (
+        result.started_at is not None and result.finished_at is not None and result.trigger == {"type": "api"}
+    )
 
 
 def test_group_branches_run_in_parallel(orch: Orchestrator) -> None:
@@ -60,7 +64,12 @@ def test_chord_fan_in_waits_for_every_branch(orch: Orchestrator) -> None:
             {"id": "start", "type": "set", "params": {"x": 1}},
             {"id": "slow", "type": "sleep", "after": ["start"], "params": {"seconds": 0.5, "output": 2}},
             {"id": "fast", "type": "set", "after": ["start"], "params": {"v": 3}},
-            {"id": "total", "type": "set", "after": ["slow", "fast"], "params": {"sum": "{{ nodes.slow.output.output + nodes.fast.output.v }}"}},
+            {
+                "id": "total",
+                "type": "set",
+                "after": ["slow", "fast"],
+                "params": {"sum": "{{ nodes.slow.output.output + nodes.fast.output.v }}"},
+            },
             output="{{ nodes.total.output.sum }}",
         ),
     )
@@ -105,19 +114,28 @@ def test_failed_node_fails_the_run_and_skips_downstream(orch: Orchestrator) -> N
 
 
 def test_undefined_template_name_fails_the_node_saying_where(orch: Orchestrator) -> None:
-    result = run(orch, workflow("Typo", {"id": "fetch", "type": "set", "params": {"interval": "{{ timefrme }}"}}))
+    result = run(
+        orch, workflow("Typo", {"id": "fetch", "type": "set", "params": {"interval": "{{ timefrme }}"}})
+    )
     assert result.status == "failed"
-    assert result.nodes["fetch"].error == "node 'fetch', parameter 'interval': undefined name 'timefrme' in template '{{ timefrme }}'"
+    assert (
+        result.nodes["fetch"].error
+        == "node 'fetch', parameter 'interval': undefined name 'timefrme' in template '{{ timefrme }}'"
+    )
 
 
 def test_invalid_params_fail_the_node_naming_the_parameter(orch: Orchestrator) -> None:
-    result = run(orch, workflow("Bad Param", {"id": "nap", "type": "sleep", "params": {"seconds": "{{ -1 }}"}}))
+    result = run(
+        orch, workflow("Bad Param", {"id": "nap", "type": "sleep", "params": {"seconds": "{{ -1 }}"}})
+    )
     assert result.status == "failed"
     assert "node 'nap' (sleep): parameter 'seconds'" in (result.nodes["nap"].error or "")
 
 
 def test_output_that_cannot_be_evaluated_is_a_run_error(orch: Orchestrator) -> None:
-    result = run(orch, workflow("Bad Output", {"id": "a", "type": "set"}, output="{{ nodes.a.output.missing }}"))
+    result = run(
+        orch, workflow("Bad Output", {"id": "a", "type": "set"}, output="{{ nodes.a.output.missing }}")
+    )
     assert result.status == "error" and "workflow output" in (result.error or "")
 
 
@@ -131,7 +149,12 @@ def test_retry_runs_the_node_again_until_it_succeeds(orch: Orchestrator) -> None
         orch,
         workflow(
             "Retry",
-            {"id": "shaky", "type": "flaky", "params": {"succeed_on": 3}, "retry": {"max_attempts": 3, "backoff_s": 0.1}},
+            {
+                "id": "shaky",
+                "type": "flaky",
+                "params": {"succeed_on": 3},
+                "retry": {"max_attempts": 3, "backoff_s": 0.1},
+            },
             {"id": "next", "type": "count", "after": ["shaky"], "params": {"key": "retry-next"}},
         ),
     )
@@ -143,21 +166,34 @@ def test_retry_runs_the_node_again_until_it_succeeds(orch: Orchestrator) -> None
 def test_retry_gives_up_after_max_attempts(orch: Orchestrator) -> None:
     result = run(
         orch,
-        workflow("Retry Out", {"id": "shaky", "type": "flaky", "params": {"succeed_on": 5}, "retry": {"max_attempts": 2, "backoff_s": 0.05}}),
+        workflow(
+            "Retry Out",
+            {
+                "id": "shaky",
+                "type": "flaky",
+                "params": {"succeed_on": 5},
+                "retry": {"max_attempts": 2, "backoff_s": 0.05},
+            },
+        ),
     )
     assert result.status == "failed"
     assert result.nodes["shaky"].attempts == 2 and "attempt 2 fails" in (result.nodes["shaky"].error or "")
 
 
 def test_node_past_its_timeout_fails(orch: Orchestrator) -> None:
-    result = run(orch, workflow("Slow", {"id": "nap", "type": "sleep", "params": {"seconds": 30}, "timeout_s": 0.5}))
+    result = run(
+        orch, workflow("Slow", {"id": "nap", "type": "sleep", "params": {"seconds": 30}, "timeout_s": 0.5})
+    )
     assert result.status == "failed"
     assert "timed out" in (result.nodes["nap"].error or "")
     assert result.nodes["nap"].duration_s is not None and result.nodes["nap"].duration_s < 10
 
 
 def test_time_limit_stops_a_node_that_ignores_its_deadline(orch: Orchestrator) -> None:
-    result = run(orch, workflow("Blocking", {"id": "stuck", "type": "block", "params": {"seconds": 30}, "timeout_s": 1}))
+    result = run(
+        orch,
+        workflow("Blocking", {"id": "stuck", "type": "block", "params": {"seconds": 30}, "timeout_s": 1}),
+    )
     assert result.status == "failed"
     assert result.nodes["stuck"].error == "node 'stuck' timed out after 1 s (timeout_s)"
 
@@ -201,10 +237,31 @@ def test_cancelled_run_starts_no_more_nodes(orch: Orchestrator) -> None:
 
 
 def test_run_document_follows_the_contract(orch: Orchestrator) -> None:
-    result = run(orch, workflow("Doc", {"id": "a", "type": "set", "params": {"s": "{{ symbol }}"}}, variables={"symbol": "BTC"}), {"symbol": "ETH"})
+    result = run(
+        orch,
+        workflow(
+            "Doc", {"id": "a", "type": "set", "params": {"s": "{{ symbol }}"}}, variables={"symbol": "BTC"}
+        ),
+        {"symbol": "ETH"},
+    )
     doc = orch.store.get_run_document(result.id)
-    for field in ("_id", "workflow", "status", "variables", "trigger", "parent_run_id", "parent_node_id", "root_run_id",
-                  "depth", "nodes", "results", "error", "created_at", "started_at", "finished_at"):
+    for field in (
+        "_id",
+        "workflow",
+        "status",
+        "variables",
+        "trigger",
+        "parent_run_id",
+        "parent_node_id",
+        "root_run_id",
+        "depth",
+        "nodes",
+        "results",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ):
         assert field in doc, field
     assert doc["variables"] == {"symbol": "ETH"} and doc["depth"] == 0 and doc["root_run_id"] == result.id
     assert set(doc["nodes"]["a"]) >= {"status", "output", "error", "attempts", "started_at", "finished_at"}

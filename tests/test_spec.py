@@ -26,7 +26,10 @@ def problems_of(data: Any) -> str:
 
 def test_valid_workflow_loads_with_defaults() -> None:
     spec = parse_workflow(
-        wf({"id": "a", "type": "set"}, {"id": "b", "type": "set", "after": "a", "retry": {"max_attempts": 2}}), KNOWN
+        wf(
+            {"id": "a", "type": "set"}, {"id": "b", "type": "set", "after": "a", "retry": {"max_attempts": 2}}
+        ),
+        KNOWN,
     )
     assert spec.node("b").after == ["a"]
     assert spec.node("b").retry is not None and spec.node("b").retry.backoff_s == 2
@@ -54,7 +57,9 @@ def test_branch_on_a_node_that_is_not_a_condition_is_refused() -> None:
 
 
 def test_branch_of_a_condition_is_accepted() -> None:
-    spec = parse_workflow(wf({"id": "c", "type": "condition"}, {"id": "b", "type": "set", "after": ["c.no"]}), KNOWN)
+    spec = parse_workflow(
+        wf({"id": "c", "type": "condition"}, {"id": "b", "type": "set", "after": ["c.no"]}), KNOWN
+    )
     assert spec.node("b").dependencies() == [("c", "no")]
 
 
@@ -109,7 +114,9 @@ def test_yaml_file_with_a_date_is_refused_as_non_json(tmp_path: Path) -> None:
 def test_json_and_yaml_files_load_alike(tmp_path: Path) -> None:
     data = wf({"id": "a", "type": "set", "params": {"x": "{{ symbol }}"}}, variables={"symbol": "BTC"})
     (tmp_path / "w.json").write_text(json.dumps(data))
-    (tmp_path / "w.yaml").write_text("name: W\nvariables: {symbol: BTC}\nnodes:\n  - {id: a, type: set, params: {x: '{{ symbol }}'}}\n")
+    (tmp_path / "w.yaml").write_text(
+        "name: W\nvariables: {symbol: BTC}\nnodes:\n  - {id: a, type: set, params: {x: '{{ symbol }}'}}\n"
+    )
     assert load_workflow_file(tmp_path / "w.json", KNOWN) == load_workflow_file(tmp_path / "w.yaml", KNOWN)
 
 

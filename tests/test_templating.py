@@ -67,7 +67,9 @@ def test_nested_path_is_part_of_the_message() -> None:
         render({"child": ["ok", "{{ nope }}"]}, SCOPE, "node 'x', parameter 'variables'")
 
 
-@pytest.mark.parametrize("template", ["{{ config.__class__ }}", "{{ symbol.__class__.__mro__ }}", "{{ config.update({'a': 1}) }}"])
+@pytest.mark.parametrize(
+    "template", ["{{ config.__class__ }}", "{{ symbol.__class__.__mro__ }}", "{{ config.update({'a': 1}) }}"]
+)
 def test_sandbox_refuses_python_internals(template: str) -> None:
     with pytest.raises(TemplateError):
         render(template, SCOPE, "here")
@@ -79,4 +81,7 @@ def test_errors_raised_by_the_expression_are_template_errors() -> None:
 
 
 def test_referenced_nodes_are_found() -> None:
-    assert referenced_nodes({"a": "{{ nodes.fetch.output }} {{ nodes.calc.output.x }}", "b": "plain"}) == {"fetch", "calc"}
+    assert referenced_nodes({"a": "{{ nodes.fetch.output }} {{ nodes.calc.output.x }}", "b": "plain"}) == {
+        "fetch",
+        "calc",
+    }

@@ -25,7 +25,9 @@ def run(params: SleepParams, context: NodeContext) -> dict[str, Any]:
     left = context.seconds_left()
     if left is not None and left < params.seconds:
         time.sleep(max(left, 0))
-        raise NodeTimeout(f"node '{context.node_id}' timed out: sleeping {params.seconds:g} s past its timeout")
+        raise NodeTimeout(
+            f"node '{context.node_id}' timed out: sleeping {params.seconds:g} s past its timeout"
+        )
     time.sleep(params.seconds)
     return {"slept": params.seconds, "output": params.output}
 

@@ -1,0 +1,132 @@
+"""The run store on the suite's MongoDB: compare-and-set transitions hold under races."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import pytest
+
+from orchestrator import Orchestrator
+from orchestrator.errors import DocumentTooLarge, RunNotFound, WorkflowNotFound
+from orchestrator.models import new_run_document, new_run_id
+from orchestrator.store import RunStore
+
+
+def new_run(
+    store: RunStore,
+    nodes: tuple[str, ...] = ("a", "b"),
+    created_at: datetime | None = None,
+    **lineage: object,
+) -> str:
+    run_id = new_run_id()
+    doc = new_run_document(
+        run_id=run_id, workflow="W", node_ids=list(nodes), variables={}, trigger={"type": "api"}, **lineage
+    )  # type: ignore[arg-type]
+    store.create_run(doc | ({"created_at": created_at} if created_at else {}))
+    return run_id
+
+
+@pytest.fixture
+def store(orch: Orchestrator) -> RunStore:
+    return orch.store
+
+
+def test_creating_a_run_twice_returns_the_first(store: RunStore) -> None:
+    run_id = new_run_id()
+    doc = new_run_document(
+        run_id=run_id, workflow="W", node_ids=["a"], variables={"x": 1}, trigger={"type": "api"}
+    )
+    _, created = store.create_run(doc)
+    again, created_again = store.create_run(doc | {"variables": {"x": 2}})
+    assert created and not created_again and again["variables"] == {"x": 1}
+
+
+def test_only_one_of_many_racing_finishers_ends_the_run(store: RunStore) -> None:
+    run_id = new_run(store)
+    statuses = ["finished", "failed", "error", "cancelled"] * 4
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda s: store.end_run(run_id, s) is not None, statuses))  # type: ignore[arg-type]
+    assert results.count(True) == 1
+    winner = statuses[results.index(True)]
+    assert store.get_run(run_id).status == winner
+
+
+def test_an_ended_run_cannot_move_back(store: RunStore) -> None:
+    run_id = new_run(store)
+    assert store.end_run(run_id, "finished", results={"ok": True}) is not None
+    assert store.end_run(run_id, "failed", error="late") is None
+    assert store.start_node(run_id, "a", 1) is None
+    run = store.get_run(run_id)
+    assert run.status == "finished" and run.results == {"ok": True} and isinstance(run.finished_at, datetime)
+
+
+def test_only_one_racing_end_of_a_node_is_recorded(store: RunStore) -> None:
+    run_id = new_run(store)
+    assert store.start_node(run_id, "a", 1) is not None
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(
+            pool.map(lambda i: store.end_node(run_id, "a", {"status": "finished", "output": i}), range(16))
+        )
+    assert results.count(True) == 1
+    assert store.get_run(run_id).nodes["a"].output == results.index(True)
+
+
+def test_a_finished_node_cannot_be_started_again(store: RunStore) -> None:
+    run_id = new_run(store)
+    assert store.start_node(run_id, "a", 1) is not None
+    assert store.end_node(run_id, "a", {"status": "finished", "output": 1})
+    assert store.start_node(run_id, "a", 1) is None
+
+
+def test_first_node_start_sets_the_run_running_with_a_start_time(store: RunStore) -> None:
+    run_id = new_run(store)
+    before = store.start_node(run_id, "a", 1)
+    assert before is not None and before["status"] == "pending"
+    run = store.get_run(run_id)
+    assert run.status == "running" and isinstance(run.started_at, datetime)
+    assert isinstance(run.nodes["a"].started_at, datetime)
+
+
+def test_output_that_would_pass_the_size_limit_is_refused(store: RunStore) -> None:
+    small = RunStore(store.db, max_run_doc_bytes=16 * 1024)
+    run_id = new_run(small)
+    small.start_node(run_id, "a", 1)
+    with pytest.raises(DocumentTooLarge, match="node 'a' output"):
+        small.end_node(run_id, "a", {"status": "finished", "output": "x" * 20000}, doc_size=500)
+
+
+def test_cancel_cascades_to_active_descendants_only(store: RunStore) -> None:
+    root = new_run(store)
+    child = new_run(store, parent_run_id=root, parent_node_id="a", root_run_id=root, depth=1)
+    done_child = new_run(store, parent_run_id=root, parent_node_id="b", root_run_id=root, depth=1)
+    grandchild = new_run(store, parent_run_id=child, parent_node_id="a", root_run_id=root, depth=2)
+    store.end_run(done_child, "finished")
+    assert sorted(store.cancel_run(root)) == sorted([root, child, grandchild])
+    assert store.get_run(done_child).status == "finished"
+    tree = store.run_tree(root)
+    assert [c.id for c in tree.children] == [child, done_child]
+    assert [g.id for g in tree.children[0].children] == [grandchild]
+
+
+def test_missing_run_and_workflow_raise_clear_errors(store: RunStore) -> None:
+    with pytest.raises(RunNotFound, match="no run with id 'nope'"):
+        store.get_run("nope")
+    with pytest.raises(WorkflowNotFound, match="no workflow named 'Ghost'"):
+        store.get_workflow("Ghost")
+
+
+def test_runs_are_listed_newest_first_with_filters(store: RunStore) -> None:
+    first, second, third = (
+        new_run(store, created_at=datetime(2026, 1, day, tzinfo=UTC)) for day in (1, 2, 3)
+    )
+    store.end_run(second, "failed", error="x")
+    assert [r.id for r in store.list_runs()] == [third, second, first]
+    assert [r.id for r in store.list_runs(status="failed")] == [second]
+    assert [r.id for r in store.list_runs(limit=1)] == [third]
+
+
+def test_indexes_exist_for_parent_workflow_and_status(store: RunStore) -> None:
+    store.ensure_indexes()
+    keys = {tuple(field for field, _ in index["key"]) for index in store.runs.index_information().values()}
+    assert {("parent_run_id",), ("workflow", "created_at"), ("status", "created_at")} <= keys
