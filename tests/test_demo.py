@@ -24,7 +24,12 @@ def test_demo_runs_the_example_with_embedded_services(tmp_path: Path) -> None:
     )
     env.pop("ORCH_PLUGINS", None)
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=170
+        [sys.executable, "-m", "orchestrator", "demo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=170,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "using an embedded redis-server and nx-27017" in done.stderr
