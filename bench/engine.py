@@ -109,7 +109,7 @@ def redis_version(url: str) -> str:
 def mongo_version(orch: Orchestrator) -> str:
     """The MongoDB(-wire) server's reported version."""
     try:
-        return str(orch.store.db.client.server_info().get("version", "?"))
+        return str(orch.store.db.client.server_info().get("version", "version not reported"))
     except Exception as exc:  # a wire server may not implement buildInfo
         return f"? ({type(exc).__name__})"
 
@@ -197,7 +197,10 @@ def time_chain(app: OrchestratorApp, steps: int, timeout: float) -> Sample:
     if isinstance(done, str):
         done = datetime.fromisoformat(done)
     stamped = (_aware(done) - started_at).total_seconds() if done else total
-    result.forget()
+    node: Any = result
+    while node is not None:  # leave no results behind on a shared Redis
+        node.forget()
+        node = node.parent
     return Sample(total, stamped)
 
 
@@ -303,10 +306,9 @@ def run_benchmark(args: argparse.Namespace, home: Path) -> None:
         orch = Orchestrator(app=app)
         name = f"bench_line_{args.nodes}_{queue[6:]}"
         try:
-            print(
-                f"Redis:   {found.redis_url}  (redis {redis_version(found.redis_url)}; {found.redis_origin})"
-            )
-            print(f"MongoDB: {found.mongo_url}  (server {mongo_version(orch)}; {found.mongo_origin})")
+            redis_server = f"redis-server {redis_version(found.redis_url)}"
+            print(f"Redis:   {found.redis_url}  ({redis_server}; {found.redis_origin})")
+            print(f"MongoDB: {found.mongo_url}  ({mongo_version(orch)}; {found.mongo_origin})")
             orch.register(line_workflow(name, args.nodes))
             with worker(app, found, queue, home / "worker.log") as hostname:
                 print(f"worker:  {hostname} (prefork, concurrency 1), queue {queue}")

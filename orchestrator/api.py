@@ -13,6 +13,7 @@ from orchestrator.launcher import launch_run
 from orchestrator.models import Run
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec, load_workflow_file, parse_workflow
+from orchestrator.waiting import wake_parent
 
 
 class Orchestrator:
@@ -86,7 +87,7 @@ class Orchestrator:
                 raise WaitTimeout(run_id, timeout or 0, run.status)
             pause = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
             time.sleep(pause)
-            delay = min(delay * 1.5, 0.25)
+            delay = min(delay * 1.5, 0.05)
 
     def run(self, name: str, variables: Mapping[str, Any] | None = None, timeout: float | None = None) -> Run:
         """Trigger a run and wait for it."""
@@ -115,7 +116,10 @@ class Orchestrator:
 
         Nodes already running finish their current step; nothing after them starts.
         """
-        return self.store.cancel_run(run_id, cascade=cascade)
+        cancelled = self.store.cancel_run(run_id, cascade=cascade)
+        for cancelled_id in cancelled:
+            wake_parent(self.app, self.store.get_run_document(cancelled_id))
+        return cancelled
 
     def close(self) -> None:
         """Release connections to MongoDB and Redis."""

@@ -41,11 +41,18 @@ class NodeState(BaseModel):
         if self.started_at is None:
             return None
         end = self.finished_at or utcnow()
-        return (_aware(end) - _aware(self.started_at)).total_seconds()
+        return (aware(end) - aware(self.started_at)).total_seconds()
 
 
-def _aware(value: datetime) -> datetime:
+def aware(value: datetime) -> datetime:
+    """The datetime in UTC (naive values are taken as UTC, as pymongo returns them)."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def node_state(**fields: Any) -> dict[str, Any]:
+    """A node's whole sub-document (every field of the contract), finished now unless given."""
+    fields.setdefault("finished_at", utcnow())
+    return NodeState(**fields).model_dump()
 
 
 class Run(BaseModel):
@@ -81,7 +88,7 @@ class Run(BaseModel):
         if self.started_at is None:
             return None
         end = self.finished_at or utcnow()
-        return (_aware(end) - _aware(self.started_at)).total_seconds()
+        return (aware(end) - aware(self.started_at)).total_seconds()
 
     def to_document(self) -> dict[str, Any]:
         """The run as JSON-able data, children included, datetimes as ISO strings."""

@@ -22,6 +22,7 @@ from orchestrator.constants import ENTRY_POINT_GROUP
 from orchestrator.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from orchestrator.app import OrchestratorApp
     from orchestrator.settings import Settings
     from orchestrator.store import RunStore
 
@@ -39,6 +40,7 @@ class NodeContext:
         outputs: outputs of the nodes that finished before this one, by id.
         deadline: UTC time by which the node must be done (from `timeout_s`), or None.
         store, settings: for node types that keep data or read configuration.
+        app: the Celery app, for node types that start runs.
     """
 
     run_id: str
@@ -51,6 +53,7 @@ class NodeContext:
     settings: Settings
     deadline: datetime | None = None
     run: Mapping[str, Any] = field(default_factory=dict)
+    app: OrchestratorApp | None = None
 
     @property
     def logger(self) -> logging.Logger:
@@ -62,6 +65,24 @@ class NodeContext:
         if self.deadline is None:
             return None
         return (self.deadline - datetime.now(UTC)).total_seconds()
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Returned by a node function to wait for a run without holding a worker slot.
+
+    The engine marks the node `waiting`, then calls the type's `resume` on each poll (every
+    `poll_interval_s`) and at once when the awaited run ends, until `resume` returns an output
+    or the timeout passes (then `resume` is called with `timed_out=True` and must answer).
+    """
+
+    run_id: str
+    timeout_s: float
+    poll_interval_s: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Resume = Callable[[Mapping[str, Any], NodeContext, bool], Any]
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,7 @@ class NodeType(Generic[P]):
     run: Callable[[P, NodeContext], Any]
     description: str = ""
     branches: tuple[str, ...] = ()
+    resume: Resume | None = None
 
 
 BUILTIN_BRANCHES: dict[str, tuple[str, ...]] = {"condition": ("yes", "no")}

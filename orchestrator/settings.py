@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     max_run_doc_bytes: int = Field(
         1024 * 1024, ge=16 * 1024, le=15 * 1024 * 1024, validation_alias="ORCH_MAX_RUN_DOC_BYTES"
     )
+    max_child_variables_bytes: int = Field(
+        64 * 1024, ge=1024, le=15 * 1024 * 1024, validation_alias="ORCH_MAX_CHILD_VARIABLES_BYTES"
+    )
     plugins: str = Field(
         "", validation_alias="ORCH_PLUGINS", description="comma-separated modules that define node types"
     )

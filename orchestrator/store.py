@@ -164,11 +164,11 @@ class RunStore:
     # -- nodes ----------------------------------------------------------------------------
 
     def start_node(self, run_id: str, node_id: str, attempt: int) -> Document | None:
-        """Mark a node `running` if the run is active and the node not over.
+        """Mark a node `running` if the run is active and the node neither over nor waiting.
 
         Returns:
             The run document as it was before (other nodes' outputs included), or None when
-            the run is over or the node already finished (a redelivered message).
+            the run is over or the node already finished or waits (a redelivered message).
         """
         state = {"status": "running", "attempts": attempt, "started_at": utcnow()}
         before = self.runs.find_one_and_update(
@@ -226,6 +226,31 @@ class RunStore:
             {"$set": {f"nodes.{node_id}": state}},
         )
         return result.modified_count == 1
+
+    def set_waiting(self, run_id: str, node_id: str, state: Document, wait: Document) -> bool:
+        """Move a running node to `waiting`, recording what it waits for under `waits.<node>`.
+
+        The wait record stays outside the node's sub-document so that the node's status
+        stays a shallow field that every server filters on correctly.
+        """
+        result = self.runs.update_one(
+            {"_id": run_id, f"nodes.{node_id}.status": "running"},
+            {"$set": {f"nodes.{node_id}": state, f"waits.{node_id}": wait}},
+        )
+        return result.modified_count == 1
+
+    def mark_woken(self, run_id: str, node_id: str, child_run_id: str) -> Document | None:
+        """Flag a node waiting on `child_run_id` as woken, once; its run document, or None."""
+        return self.runs.find_one_and_update(
+            {
+                "_id": run_id,
+                f"nodes.{node_id}.status": "waiting",
+                f"waits.{node_id}.run_id": child_run_id,
+                f"waits.{node_id}.woken": False,
+            },
+            {"$set": {f"waits.{node_id}.woken": True}},
+            return_document=ReturnDocument.AFTER,
+        )
 
     # -- runs: status ---------------------------------------------------------------------
 

@@ -20,12 +20,13 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, MAX_COUNTDOWN_S, NODE_TASK_PREFIX, RUN_ERROR_TASK
-from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, OrchestratorError, TemplateError
-from orchestrator.models import NodeState, utcnow
+from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, TemplateError
+from orchestrator.models import node_state, utcnow
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
-from orchestrator.registry import NodeContext, NodeType
+from orchestrator.registry import NodeContext, NodeType, Wait
 from orchestrator.spec import NodeSpec
 from orchestrator.templating import build_scope, render
+from orchestrator.waiting import after_claim, begin_wait, poll, wake_parent
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
@@ -57,7 +58,9 @@ def register_tasks(app: OrchestratorApp) -> None:
     def run_error(request: Any, exc: BaseException, traceback: Any, run_id: str) -> None:
         message = f"engine fault in task {getattr(request, 'task', '?')}: {type(exc).__name__}: {exc}"
         logger.error("run %s: %s", run_id, message)
-        app.store.end_run(run_id, "error", error=message)
+        ended = app.store.end_run(run_id, "error", error=message)
+        if ended is not None:
+            wake_parent(app, ended)
 
     @app.task(name=JOIN_TASK, shared=False)  # type: ignore[untyped-decorator]
     def join() -> None:
@@ -66,33 +69,33 @@ def register_tasks(app: OrchestratorApp) -> None:
 
 def _register_node_task(app: OrchestratorApp, node_type: NodeType[Any]) -> None:
     @app.task(name=NODE_TASK_PREFIX + node_type.name, base=NodeTask, bind=True, shared=False)  # type: ignore[untyped-decorator]
-    def node_task(self: NodeTask, run_id: str, node: dict[str, Any]) -> None:
-        run_node(self, node_type, run_id, NodeSpec.model_validate(node))
+    def node_task(self: NodeTask, run_id: str, node: dict[str, Any], token: str | None = None) -> None:
+        run_node(self, node_type, run_id, NodeSpec.model_validate(node), token)
 
 
-def run_node(task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSpec) -> None:
+def run_node(
+    task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSpec, token: str | None
+) -> None:
     """Run one node of a run, once: start it, check its dependencies, render, call, record."""
     store = task.app.store
     attempt = task.request.retries + 1
     before = store.start_node(run_id, spec.id, attempt)
     if before is None:
-        doc = store.get_run_document(run_id)
-        if doc["status"] in ("cancelled", "error"):
-            raise Ignore()  # the run is over: stop this branch of the canvas here
-        return  # a redelivered message: the node is over, let the canvas go on
-    states = before.get("nodes", {})
-    skip_reason = dependency_verdict(spec, states)
+        return _not_started(task, node_type, run_id, spec, token)
+    skip_reason = dependency_verdict(spec, before.get("nodes", {}))
     if skip_reason:
         store.end_node(run_id, spec.id, node_state(status="skipped", error=skip_reason))
-        return
+        return None
     started = utcnow()
+    context = _context(task, spec, before, attempt)
     try:
-        output = _call(task, node_type, spec, before, attempt)
-        state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
-        store.end_node(run_id, spec.id, state, doc_size=len(bson.encode(before)))
+        output = _call(node_type, spec, context)
+        if not isinstance(output, Wait):
+            state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
+            store.end_node(run_id, spec.id, state, doc_size=len(bson.encode(before)))
     except DocumentTooLarge as exc:
         store.end_node(run_id, spec.id, _failure(exc, attempt, started, with_traceback=False))
-    except (OrchestratorError, ValidationError, Exception) as exc:
+    except Exception as exc:
         if spec.retry and attempt < spec.retry.max_attempts:
             delay = min(spec.retry.delay_before(attempt + 1), MAX_COUNTDOWN_S)
             logger.warning(
@@ -102,12 +105,49 @@ def run_node(task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSp
             store.set_node_state(run_id, spec.id, retrying, ["running"])
             raise task.retry(countdown=delay, exc=exc) from exc
         store.end_node(run_id, spec.id, _failure(exc, attempt, started))
+    else:
+        if isinstance(output, Wait):
+            begin_wait(task, node_type, spec, context, output)
+    return None
 
 
-def _call(task: NodeTask, node_type: NodeType[Any], spec: NodeSpec, doc: dict[str, Any], attempt: int) -> Any:
+def _not_started(
+    task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSpec, token: str | None
+) -> None:
+    """A message for a node that is not startable: a poll or wake-up of a waiting node, or a
+    redelivery. Stops the canvas (`Ignore`) unless this message may go on."""
+    doc = task.app.store.get_run_document(run_id)
+    if doc["status"] not in ("pending", "running"):
+        raise Ignore()  # the run is over: stop this branch of the canvas here
+    state = doc["nodes"][spec.id]
+    if state["status"] == "waiting":
+        context = _context(task, spec, doc, state.get("attempts", 1))
+        return poll(task, node_type, spec, context, state, doc["waits"][spec.id])
+    if not after_claim(token, state):
+        raise Ignore()  # a late poll or wake-up of a node that another message continued
+    return None  # a redelivered message: the node is over, let the canvas go on
+
+
+def _context(task: NodeTask, spec: NodeSpec, doc: dict[str, Any], attempt: int) -> NodeContext:
+    deadline = datetime.now(UTC) + timedelta(seconds=spec.timeout_s) if spec.timeout_s else None
+    return NodeContext(
+        run_id=doc["_id"],
+        workflow=doc["workflow"],
+        node_id=spec.id,
+        attempt=attempt,
+        variables=doc.get("variables", {}),
+        outputs=finished_outputs(doc),
+        store=task.app.store,
+        settings=task.app.settings,
+        deadline=deadline,
+        run=doc,
+        app=task.app,
+    )
+
+
+def _call(node_type: NodeType[Any], spec: NodeSpec, context: NodeContext) -> Any:
     """Render the params, validate them, call the node's function and check its output."""
-    outputs = finished_outputs(doc)
-    scope = build_scope(doc.get("variables", {}), outputs, doc["_id"], doc["workflow"])
+    scope = build_scope(context.variables, context.outputs, context.run_id, context.workflow)
     rendered = {
         key: render(value, scope, f"node '{spec.id}', parameter '{key}'")
         for key, value in spec.params.items()
@@ -120,35 +160,18 @@ def _call(task: NodeTask, node_type: NodeType[Any], spec: NodeSpec, doc: dict[st
             for e in exc.errors()
         )
         raise NodeError(f"node '{spec.id}' ({spec.type}): {problems}") from exc
-    deadline = datetime.now(UTC) + timedelta(seconds=spec.timeout_s) if spec.timeout_s else None
-    context = NodeContext(
-        run_id=doc["_id"],
-        workflow=doc["workflow"],
-        node_id=spec.id,
-        attempt=attempt,
-        variables=doc.get("variables", {}),
-        outputs=outputs,
-        store=task.app.store,
-        settings=task.app.settings,
-        deadline=deadline,
-        run=doc,
-    )
     try:
         output = node_type.run(params, context)
     except SoftTimeLimitExceeded as exc:
         raise NodeTimeout(f"node '{spec.id}' timed out after {spec.timeout_s:g} s (timeout_s)") from exc
+    if isinstance(output, Wait):
+        return output
     try:
         return _JSON.validate_python(output)
     except ValidationError as exc:
         raise NodeError(
             f"node '{spec.id}' ({spec.type}) returned output that is not JSON: {exc.errors()[0]['msg']}"
         ) from exc
-
-
-def node_state(**fields: Any) -> dict[str, Any]:
-    """A node's whole sub-document (every field of the contract), finished now unless given."""
-    fields.setdefault("finished_at", utcnow())
-    return NodeState(**fields).model_dump()
 
 
 def _failure(
@@ -168,4 +191,7 @@ def end_run(app: OrchestratorApp, run_id: str, output: Any, final_nodes: list[st
         return None
     status, results, error = decide_outcome(doc, output, final_nodes)
     ended = store.end_run(run_id, status, results=results, error=error)
-    return status if ended else None
+    if ended is None:
+        return None
+    wake_parent(app, ended)
+    return status

@@ -1,0 +1,100 @@
+"""`run_workflow`: start another workflow as a child run, fire-and-forget or waiting for it.
+
+Waiting holds no worker slot (see `orchestrator.waiting`); a failed child is data the parent
+can branch on (`targetStatus`), never a failure of the parent node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from orchestrator.child_runs import (
+    check_child_variables,
+    child_run_id,
+    finished_output,
+    refused_output,
+    timeout_output,
+)
+from orchestrator.constants import RUN_OVER
+from orchestrator.errors import WorkflowNotFound
+from orchestrator.launcher import Lineage, launch_run
+from orchestrator.models import aware, utcnow
+from orchestrator.registry import NodeContext, NodeType, Wait
+
+
+class RunWorkflowParams(BaseModel):
+    """Which workflow to start, how, and with which variables."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str = Field(min_length=1)
+    mode: Literal["wait", "fire_and_forget"] = "wait"
+    variables: dict[str, JsonValue] = Field(default_factory=dict)
+    timeout_s: float = Field(300, gt=0, le=30 * 86400)
+    poll_interval_s: float = Field(1.5, ge=0.05, le=600)
+
+
+def run(params: RunWorkflowParams, context: NodeContext) -> dict[str, Any] | Wait:
+    """Start the child run (once, whatever the deliveries), then return or wait."""
+    assert context.app is not None
+    depth = int(context.run.get("depth", 0)) + 1
+    limit = context.settings.max_depth
+    if depth > limit:
+        return refused_output(
+            params.workflow,
+            f"recursion limit: a child of '{context.workflow}' would be at depth {depth}, "
+            f"past ORCH_MAX_DEPTH={limit}; no child run was started",
+        )
+    try:
+        spec = context.store.get_workflow(params.workflow)
+    except WorkflowNotFound as exc:
+        return refused_output(params.workflow, str(exc))
+    check_child_variables(
+        params.variables,
+        context.node_id,
+        context.settings.max_child_variables_bytes,
+        spec.allow_secret_variables,
+    )
+    lineage = Lineage(
+        parent_run_id=context.run_id,
+        parent_node_id=context.node_id,
+        root_run_id=str(context.run.get("root_run_id") or context.run_id),
+        depth=depth,
+    )
+    trigger = {"type": "run_workflow", "parent_run_id": context.run_id, "parent_node_id": context.node_id}
+    run_id, _ = launch_run(
+        context.app,
+        spec,
+        params.variables,
+        trigger,
+        run_id=child_run_id(context.run_id, context.node_id),
+        lineage=lineage,
+    )
+    if params.mode == "fire_and_forget":
+        return {"status": "triggered", "run_id": run_id, "targetWorkflow": spec.name}
+    data = {"targetWorkflow": spec.name, "timeout_s": params.timeout_s}
+    return Wait(run_id=run_id, timeout_s=params.timeout_s, poll_interval_s=params.poll_interval_s, data=data)
+
+
+def resume(wait: Mapping[str, Any], context: NodeContext, timed_out: bool) -> dict[str, Any] | None:
+    """The node's output once the child is over or the timeout passed; None to keep waiting."""
+    child = context.store.get_run_document(wait["run_id"])
+    elapsed = (utcnow() - aware(wait["since"])).total_seconds()
+    target = wait["data"]["targetWorkflow"]
+    if child["status"] in RUN_OVER:
+        return finished_output(child, target, elapsed)
+    if timed_out:
+        return timeout_output(child, target, elapsed, wait["data"]["timeout_s"])
+    return None
+
+
+node_type = NodeType(
+    name="run_workflow",
+    params=RunWorkflowParams,
+    run=run,
+    resume=resume,
+    description="starts another workflow as a child run (wait or fire_and_forget)",
+)
