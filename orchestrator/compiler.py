@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from celery import Celery, chord, group
 from celery.canvas import Signature, _chain
 
-from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, NODE_TASK_PREFIX, RUN_ERROR_TASK
+from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, NODE_TASK_PREFIX
 from orchestrator.spec import NodeSpec, WorkflowSpec
 
 Graph = dict[str, set[str]]  # node id -> ids it waits for
@@ -44,9 +44,9 @@ def compile_workflow(app: Celery, spec: WorkflowSpec, run_id: str) -> Signature:
     body = compile_graph(graph, leaf, lambda: app.signature(JOIN_TASK, immutable=True))
     final = {"run_id": run_id, "output": spec.output, "final_nodes": [n.id for n in spec.final_nodes()]}
     finalize = app.signature(FINALIZE_TASK, kwargs=final, immutable=True)
-    canvas = then(body, finalize)
-    canvas.link_error(app.signature(RUN_ERROR_TASK, kwargs={"run_id": run_id}))
-    return canvas
+    # Engine faults are recorded by the node task's on_failure, not by an errback: an errback
+    # would be copied into every message of the chain.
+    return then(body, finalize)
 
 
 def compile_graph(graph: Graph, leaf: Callable[[str], Signature], join: Callable[[], Signature]) -> Signature:

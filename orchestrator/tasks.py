@@ -42,6 +42,12 @@ class NodeTask(Task):  # type: ignore[misc]
     acks_late = True
     typing = False
 
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """An exception escaped the node (an engine fault: MongoDB down, a bug): end the run as `error`."""
+        run_id = (kwargs or {}).get("run_id")
+        if run_id:
+            record_engine_fault(self.app, run_id, self.name, exc)
+
 
 def register_tasks(app: OrchestratorApp) -> None:
     """Register one `workers.<type>` task per node type, and the engine's own tasks."""
@@ -56,11 +62,8 @@ def register_tasks(app: OrchestratorApp) -> None:
 
     @app.task(name=RUN_ERROR_TASK, shared=False)  # type: ignore[untyped-decorator]
     def run_error(request: Any, exc: BaseException, traceback: Any, run_id: str) -> None:
-        message = f"engine fault in task {getattr(request, 'task', '?')}: {type(exc).__name__}: {exc}"
-        logger.error("run %s: %s", run_id, message)
-        ended = app.store.end_run(run_id, "error", error=message)
-        if ended is not None:
-            wake_parent(app, ended)
+        """An errback for callers that link one: records an engine fault."""
+        record_engine_fault(app, run_id, getattr(request, "task", "?"), exc)
 
     @app.task(name=JOIN_TASK, shared=False)  # type: ignore[untyped-decorator]
     def join() -> None:
@@ -181,6 +184,15 @@ def _failure(
     message = str(exc) if known else f"{type(exc).__name__}: {exc}"
     trace = "".join(tb.format_exception(exc, limit=-4)) if with_traceback and not known else None
     return node_state(status="failed", error=message, traceback=trace, attempts=attempt, started_at=started)
+
+
+def record_engine_fault(app: OrchestratorApp, run_id: str, task_name: str, exc: BaseException) -> None:
+    """End a run as `error` after an engine fault, and wake a parent waiting for it."""
+    message = f"engine fault in task {task_name}: {type(exc).__name__}: {exc}"
+    logger.error("run %s: %s", run_id, message)
+    ended = app.store.end_run(run_id, "error", error=message)
+    if ended is not None:
+        wake_parent(app, ended)
 
 
 def end_run(app: OrchestratorApp, run_id: str, output: Any, final_nodes: list[str]) -> str | None:
