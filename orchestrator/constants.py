@@ -17,7 +17,6 @@ NODE_OVER: Final[tuple[NodeStatus, ...]] = ("finished", "failed", "skipped")
 
 NODE_TASK_PREFIX: Final = "workers."
 FINALIZE_TASK: Final = "orchestrator.finalize_run"
-RUN_ERROR_TASK: Final = "orchestrator.run_error"
 JOIN_TASK: Final = "orchestrator.join"
 
 ENTRY_POINT_GROUP: Final = "orchestrator.node_types"

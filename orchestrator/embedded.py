@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +68,17 @@ def _executable(name: str) -> str:
     return found
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Terminate a child process (SIGTERM, then SIGKILL after `timeout`) and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class Service:
     """A server process this process started, and the URL it answers on."""
@@ -78,21 +89,15 @@ class Service:
 
     def stop(self) -> None:
         """Stop the server and wait for it to exit."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
-def _wait_until(check: object, service: Service, timeout: float) -> Service:
+def _wait_until(check: Callable[[str], bool], service: Service, timeout: float) -> Service:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
             raise ConfigurationError(f"{service.name} exited at start (code {service.process.returncode})")
-        if check(service.url):  # type: ignore[operator]
+        if check(service.url):
             return service
         time.sleep(0.05)
     service.stop()

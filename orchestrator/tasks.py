@@ -19,7 +19,7 @@ from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, MAX_COUNTDOWN_S, NODE_TASK_PREFIX, RUN_ERROR_TASK
+from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, MAX_COUNTDOWN_S, NODE_TASK_PREFIX
 from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, TemplateError
 from orchestrator.models import node_state, utcnow
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
@@ -59,11 +59,6 @@ def register_tasks(app: OrchestratorApp) -> None:
         self: Task, run_id: str, output: Any = None, final_nodes: list[str] | None = None
     ) -> str | None:
         return end_run(self.app, run_id, output, final_nodes or [])
-
-    @app.task(name=RUN_ERROR_TASK, shared=False)  # type: ignore[untyped-decorator]
-    def run_error(request: Any, exc: BaseException, traceback: Any, run_id: str) -> None:
-        """An errback for callers that link one: records an engine fault."""
-        record_engine_fault(app, run_id, getattr(request, "task", "?"), exc)
 
     @app.task(name=JOIN_TASK, shared=False)  # type: ignore[untyped-decorator]
     def join() -> None:

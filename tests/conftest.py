@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from orchestrator import Orchestrator
-from orchestrator.embedded import start_mongo, start_redis
+from orchestrator.embedded import start_mongo, start_redis, stop_process
 from orchestrator.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,13 +101,7 @@ class WorkerProcess:
         raise AssertionError(f"worker not ready in {timeout} s: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=40)  # a warm shutdown lets running tasks end
 
 
 @pytest.fixture(scope="session")
