@@ -14,6 +14,9 @@ TriggerType = Literal["api", "cli", "schedule", "run_workflow"]
 RUN_ACTIVE: Final[tuple[RunStatus, ...]] = ("pending", "running")
 RUN_OVER: Final[tuple[RunStatus, ...]] = ("finished", "failed", "error", "cancelled")
 NODE_OVER: Final[tuple[NodeStatus, ...]] = ("finished", "failed", "skipped")
+# A node message may (re)start its node only from these: a `waiting` node is continued by
+# polls and wake-ups, never started again.
+NODE_STARTABLE: Final[tuple[NodeStatus, ...]] = ("pending", "running")
 
 NODE_TASK_PREFIX: Final = "workers."
 FINALIZE_TASK: Final = "orchestrator.finalize_run"

@@ -18,7 +18,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from orchestrator.constants import NODE_OVER, RUN_ACTIVE, RUN_OVER, RUNS, WORKFLOWS, RunStatus
+from orchestrator.constants import NODE_STARTABLE, RUN_ACTIVE, RUN_OVER, RUNS, WORKFLOWS, RunStatus
 from orchestrator.errors import DocumentTooLarge, RunNotFound, StoreError, WorkflowNotFound
 from orchestrator.models import Run, utcnow
 from orchestrator.spec import WorkflowSpec
@@ -164,7 +164,7 @@ class RunStore:
     # -- nodes ----------------------------------------------------------------------------
 
     def start_node(self, run_id: str, node_id: str, attempt: int) -> Document | None:
-        """Mark a node `running` if the run is active and the node neither over nor waiting.
+        """Mark a node `running` if the run is active and the node pending or running (a redelivery).
 
         Returns:
             The run document as it was before (other nodes' outputs included), or None when
@@ -175,7 +175,7 @@ class RunStore:
             {
                 "_id": run_id,
                 "status": {"$in": list(RUN_ACTIVE)},
-                f"nodes.{node_id}.status": {"$nin": list(NODE_OVER)},
+                f"nodes.{node_id}.status": {"$in": list(NODE_STARTABLE)},
             },
             {"$set": {"status": "running", f"nodes.{node_id}": state}},
             return_document=ReturnDocument.BEFORE,

@@ -47,11 +47,6 @@ def test_fire_and_forget_returns_at_once_and_the_child_runs(orch: Orchestrator) 
     assert orch.wait(child.id, timeout=30).results == "ETH"
 
 
-@pytest.mark.xfail(
-    reason="open bug (issue 3): a wake-up sometimes re-starts the waiting node instead of polling it, "
-    "so the wait restarts; under investigation",
-    strict=False,
-)
 def test_wait_returns_the_childs_results(orch: Orchestrator) -> None:
     register_leaf(orch, seconds=0.3)
     orch.register(
@@ -108,11 +103,6 @@ def test_failed_child_is_data_the_parent_branches_on(orch: Orchestrator) -> None
     assert parent.nodes["report"].output == {"seen": "failed"}
 
 
-@pytest.mark.xfail(
-    reason="open bug (issue 3): a wake-up sometimes re-starts the waiting node instead of polling it, "
-    "so the wait restarts; under investigation",
-    strict=False,
-)
 def test_timeout_leaves_the_child_running(orch: Orchestrator) -> None:
     register_leaf(orch, "Slow", seconds=2)
     orch.register(workflow("Parent", child_node("Slow", timeout_s=0.5, poll_interval_s=0.2)))
