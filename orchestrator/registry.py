@@ -1,7 +1,8 @@
 """Node types are plugins: a pydantic params model and a function, found through entry points.
 
-Each node type lives in its own module (the built-in ones in `workers/`) and exposes a
-`NodeType`. Packages add types through the `orchestrator.node_types` entry-point group;
+Each node type lives in its own module and exposes a `NodeType`. The built-in ones are the
+modules of the `workers` package; packages add types through the `orchestrator.node_types`
+entry-point group;
 `ORCH_PLUGINS` names extra modules to import (each exposing `node_type` or `node_types`).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -145,8 +147,12 @@ def _node_types_of(obj: Any, origin: str) -> Iterable[NodeType[Any]]:
 
 @lru_cache(maxsize=8)
 def load_registry(plugin_modules: tuple[str, ...] = ()) -> Registry:
-    """Every node type from the entry-point group and from the given plugin modules."""
+    """Every built-in node type, those of the entry-point group, and those of the given modules."""
     registry = Registry()
+    for module_name in builtin_modules():
+        module = importlib.import_module(module_name)
+        for node_type in _node_types_of(module, f"module '{module_name}'"):
+            registry.add(node_type)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = ep.load()
@@ -166,6 +172,17 @@ def load_registry(plugin_modules: tuple[str, ...] = ()) -> Registry:
         for node_type in _node_types_of(module, f"module '{module_name}'"):
             registry.add(node_type)
     return registry
+
+
+def builtin_modules() -> list[str]:
+    """Names of the modules of the `workers` package, one per built-in node type."""
+    import workers
+
+    return sorted(
+        f"workers.{info.name}"
+        for info in pkgutil.iter_modules(workers.__path__)
+        if not info.name.startswith("_")
+    )
 
 
 def branches_of(type_name: str) -> tuple[str, ...]:
