@@ -26,6 +26,7 @@ from orchestrator.errors import ConfigurationError
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
     from orchestrator.settings import Settings
+    from orchestrator.spec import NodeSpec
     from orchestrator.store import RunStore
 
 P = TypeVar("P", bound=BaseModel)
@@ -43,6 +44,8 @@ class NodeContext:
         deadline: UTC time by which the node must be done (from `timeout_s`), or None.
         store, settings: for node types that keep data or read configuration.
         app: the Celery app, for node types that start runs.
+        spec: the node's own spec (its `after`, `params` as written), for node types that
+            combine their inputs (`merge`) or render templates themselves.
     """
 
     run_id: str
@@ -56,6 +59,7 @@ class NodeContext:
     deadline: datetime | None = None
     run: Mapping[str, Any] = field(default_factory=dict)
     app: OrchestratorApp | None = None
+    spec: NodeSpec | None = None
 
     @property
     def logger(self) -> logging.Logger:

@@ -140,6 +140,7 @@ def _context(task: NodeTask, spec: NodeSpec, doc: dict[str, Any], attempt: int) 
         deadline=deadline,
         run=doc,
         app=task.app,
+        spec=spec,
     )
 
 
