@@ -78,11 +78,12 @@ class Wait:
     """Returned by a node function to wait for a run without holding a worker slot.
 
     The engine marks the node `waiting`, then calls the type's `resume` on each poll (every
-    `poll_interval_s`) and at once when the awaited run ends, until `resume` returns an output
+    `poll_interval_s`) and at once when an awaited run ends (a run whose `parent_run_id` and
+    `parent_node_id` are this node's; `run_id` names the one awaited, if there is one), until `resume` returns an output
     or the timeout passes (then `resume` is called with `timed_out=True` and must answer).
     """
 
-    run_id: str
+    run_id: str | None
     timeout_s: float
     poll_interval_s: float
     data: dict[str, Any] = field(default_factory=dict)

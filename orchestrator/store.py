@@ -239,18 +239,58 @@ class RunStore:
         )
         return result.modified_count == 1
 
-    def mark_woken(self, run_id: str, node_id: str, child_run_id: str) -> Document | None:
-        """Flag a node waiting on `child_run_id` as woken, once; its run document, or None."""
-        return self.runs.find_one_and_update(
+    def pass_wait_token(
+        self, run_id: str, node_id: str, held: str | None, new: str, next_poll_at: float
+    ) -> bool:
+        """Hand a waiting node's poll token from the message holding it to the next one.
+
+        False when `held` is not the current token (a wake-up or sweep superseded it).
+        """
+        result = self.runs.update_one(
+            {"_id": run_id, f"nodes.{node_id}.status": "waiting", f"waits.{node_id}.token": held},
             {
-                "_id": run_id,
-                f"nodes.{node_id}.status": "waiting",
-                f"waits.{node_id}.run_id": child_run_id,
-                f"waits.{node_id}.woken": False,
+                "$set": {
+                    f"waits.{node_id}.token": new,
+                    f"waits.{node_id}.woken": False,
+                    f"waits.{node_id}.next_poll_at": next_poll_at,
+                }
             },
-            {"$set": {f"waits.{node_id}.woken": True}},
+        )
+        return result.modified_count == 1
+
+    def take_wait_token(
+        self, run_id: str, node_id: str, token: str, overdue_before: float | None = None
+    ) -> Document | None:
+        """Give a waiting node's poll token to a wake-up message; the run document, or None.
+
+        Without `overdue_before`, only when no wake-up is in flight already; with it, only
+        when the node's next poll was due before that time (epoch seconds).
+        """
+        query: Document = {
+            "_id": run_id,
+            "status": {"$in": list(RUN_ACTIVE)},
+            f"nodes.{node_id}.status": "waiting",
+        }
+        if overdue_before is None:
+            query[f"waits.{node_id}.woken"] = False
+        else:
+            query[f"waits.{node_id}.next_poll_at"] = {"$lt": overdue_before}
+        return self.runs.find_one_and_update(
+            query,
+            {"$set": {f"waits.{node_id}.token": token, f"waits.{node_id}.woken": True}},
             return_document=ReturnDocument.AFTER,
         )
+
+    def overdue_waits(self, before: float) -> Iterator[tuple[str, str]]:
+        """`(run_id, node_id)` of waiting nodes whose next poll was due before `before`."""
+        cursor = self.runs.find(
+            {"status": {"$in": list(RUN_ACTIVE)}, "waits": {"$exists": True}}, {"nodes": 1, "waits": 1}
+        )
+        for doc in cursor:
+            for node_id, wait in (doc.get("waits") or {}).items():
+                state = doc.get("nodes", {}).get(node_id, {})
+                if state.get("status") == "waiting" and float(wait.get("next_poll_at") or 0) < before:
+                    yield doc["_id"], node_id
 
     # -- runs: status ---------------------------------------------------------------------
 

@@ -120,7 +120,7 @@ def _not_started(
     state = doc["nodes"][spec.id]
     if state["status"] == "waiting":
         context = _context(task, spec, doc, state.get("attempts", 1))
-        return poll(task, node_type, spec, context, state, doc["waits"][spec.id])
+        return poll(task, node_type, spec, context, state, doc["waits"][spec.id], held_token=token)
     if not after_claim(token, state):
         raise Ignore()  # a late poll or wake-up of a node that another message continued
     return None  # a redelivered message: the node is over, let the canvas go on

@@ -1,15 +1,27 @@
-"""Nodes that wait for another run without holding a worker slot.
+"""Nodes that wait for other runs without holding a worker slot.
 
 A waiting node's task re-schedules itself (`Task.retry` with a countdown, which keeps its
-place in its chain or chord) and polls; when the awaited run ends, its last step re-sends the
+place in its chain or chord) and polls. When an awaited run ends, its last step re-sends the
 node's own message at once (the wake-up), so the wait ends within a round trip of the child
-instead of a poll interval. Each message carries a fresh token; a compare-and-set on the node
-(`waiting -> finished`, recording the winning token) lets exactly one execution continue the
-canvas; the others raise `Ignore`. A redelivery of the winning message (same token) may go on.
+instead of a poll interval.
+
+Two compare-and-sets keep this exact:
+
+* **One live poll.** The wait record (`waits.<node>`) holds the token of the one message that
+  may poll. A poll first passes the token on to the message it will send next; a wake-up
+  replaces it. A message whose token is no longer current stops (`Ignore`), so wake-ups never
+  multiply the messages in flight. At most one wake-up is in flight (`woken`).
+* **One continuation.** Ending the wait is `waiting -> finished` (or `failed`), recording the
+  claiming message's token; only that message, or a redelivery of it, lets the canvas go on.
+
+A message lost with a killed worker leaves a wait whose next poll is overdue; `sweep_waits`
+(run periodically by `orchestrator beat`) re-sends it.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -18,12 +30,15 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from orchestrator.constants import MAX_COUNTDOWN_S
+from orchestrator.errors import NodeError
 from orchestrator.models import aware, node_state, utcnow
 from orchestrator.registry import NodeContext, NodeType, Wait
 from orchestrator.spec import NodeSpec
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
+
+logger = logging.getLogger("orchestrator.waiting")
 
 
 def new_token() -> str:
@@ -36,6 +51,7 @@ def begin_wait(
 ) -> None:
     """Mark the node `waiting` (with what a wake-up needs to re-send it), then poll once."""
     started = utcnow()
+    token = new_token()
     state = node_state(status="waiting", attempts=context.attempt, started_at=started, finished_at=None)
     wait_record = {
         "run_id": wait.run_id,
@@ -44,10 +60,12 @@ def begin_wait(
         "poll_interval_s": wait.poll_interval_s,
         "data": wait.data,
         "resend": dict(task.signature_from_request()),
+        "token": token,
         "woken": False,
+        "next_poll_at": time.time(),
     }
     context.store.set_waiting(context.run_id, spec.id, state, wait_record)
-    poll(task, node_type, spec, context, state, wait_record)
+    poll(task, node_type, spec, context, state, wait_record, held_token=token)
 
 
 def poll(
@@ -57,27 +75,51 @@ def poll(
     context: NodeContext,
     state: dict[str, Any],
     wait: dict[str, Any],
+    held_token: str | None,
 ) -> None:
     """Ask the node type whether the wait is over; claim the node, or poll again later.
 
+    Args:
+        held_token: the poll token this execution holds (its message's, or the one
+            `begin_wait` just stored).
+
     Raises:
         Retry: the wait goes on (the task comes back after the poll interval).
-        Ignore: another execution claimed the node first.
+        Ignore: this message was superseded, or another one claimed the node first.
     """
     assert node_type.resume is not None, f"node type {node_type.name} returned Wait but has no resume"
     deadline = aware(wait["deadline"])
-    output = node_type.resume(wait, context, utcnow() >= deadline)
+    interval = float(wait["poll_interval_s"])
+    countdown = max(min(interval, (deadline - utcnow()).total_seconds(), MAX_COUNTDOWN_S), 0.01)
+    next_token = new_token()
+    # Pass the token on before looking: a run that ends from now on wakes the next message.
+    if not context.store.pass_wait_token(
+        context.run_id, spec.id, held_token, next_token, time.time() + countdown
+    ):
+        raise Ignore()
+    try:
+        output = node_type.resume(wait, context, utcnow() >= deadline)
+    except NodeError as exc:
+        _claim(task, spec, context, node_state(status="failed", error=str(exc)), state, wait)
+        return
     if output is None:
-        left = (deadline - utcnow()).total_seconds()
-        countdown = max(min(float(wait["poll_interval_s"]), left, MAX_COUNTDOWN_S), 0.01)
-        kwargs = {**task.request.kwargs, "token": new_token()}
+        kwargs = {**task.request.kwargs, "token": next_token}
         raise task.retry(countdown=countdown, kwargs=kwargs, max_retries=None)
-    token = task.request.kwargs.get("token")
-    done = node_state(
-        status="finished", output=output, attempts=state.get("attempts", 1), started_at=aware(wait["since"])
-    )
-    done["claim_token"] = token
-    if not context.store.set_node_state(context.run_id, spec.id, done, ["waiting"]):
+    _claim(task, spec, context, node_state(status="finished", output=output), state, wait)
+
+
+def _claim(
+    task: Task,
+    spec: NodeSpec,
+    context: NodeContext,
+    end: dict[str, Any],
+    state: dict[str, Any],
+    wait: dict[str, Any],
+) -> None:
+    """End the wait with `end` (`waiting -> finished|failed`), or stop if another message did."""
+    end.update(attempts=state.get("attempts", 1), started_at=aware(wait["since"]))
+    end["claim_token"] = task.request.kwargs.get("token")
+    if not context.store.set_node_state(context.run_id, spec.id, end, ["waiting"]):
         raise Ignore()
 
 
@@ -91,14 +133,40 @@ def after_claim(token: str | None, state: dict[str, Any]) -> bool:
 
 
 def wake_parent(app: OrchestratorApp, run_doc: dict[str, Any]) -> bool:
-    """When a run ends, re-send the message of the parent node waiting for it, once."""
+    """When a run ends, re-send at once the message of the parent node waiting for it."""
     parent_id, node_id = run_doc.get("parent_run_id"), run_doc.get("parent_node_id")
     if not parent_id or not node_id:
         return False
-    parent = app.store.mark_woken(parent_id, node_id, run_doc["_id"])
+    return wake(app, parent_id, node_id)
+
+
+def wake(app: OrchestratorApp, run_id: str, node_id: str, overdue_before: float | None = None) -> bool:
+    """Re-send a waiting node's message with a fresh token (unless a wake-up is in flight).
+
+    Args:
+        overdue_before: wake only when the node's next poll was due before this time (the
+            sweeper's case: its message was lost), even if a wake-up seems in flight.
+    """
+    token = new_token()
+    parent = app.store.take_wait_token(run_id, node_id, token, overdue_before)
     if parent is None:
         return False
     resend = app.signature(parent["waits"][node_id]["resend"])
-    resend.kwargs = {**resend.kwargs, "token": new_token()}
+    resend.kwargs = {**resend.kwargs, "token": token}
     resend.apply_async()
     return True
+
+
+def sweep_waits(app: OrchestratorApp, grace_s: float = 30.0) -> list[str]:
+    """Re-send waiting nodes whose poll is overdue by more than `grace_s` (a lost message).
+
+    Returns:
+        `run_id/node_id` of each node woken.
+    """
+    woken = []
+    before = time.time() - grace_s
+    for run_id, node_id in app.store.overdue_waits(before):
+        if wake(app, run_id, node_id, overdue_before=before):
+            logger.warning("run %s node %s: its poll was overdue; re-sent it", run_id, node_id)
+            woken.append(f"{run_id}/{node_id}")
+    return woken

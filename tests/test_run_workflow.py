@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 
 from orchestrator import Orchestrator
 from orchestrator.models import Run
-from tests.conftest import wait_for, workflow
+from orchestrator.settings import Settings
+from orchestrator.waiting import sweep_waits
+from tests.conftest import WorkerProcess, wait_for, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -214,3 +220,52 @@ def test_run_tree_and_parent_filter_show_lineage(orch: Orchestrator) -> None:
     )
     assert leaf.root_run_id == top.id and leaf.status == "finished"
     assert [r.id for r in orch.list_runs(parent=top.id)] == [middle.id]
+
+
+def test_a_lost_poll_and_wake_up_are_recovered_by_the_sweeper(orch: Orchestrator) -> None:
+    register_leaf(orch, seconds=1.5)
+    orch.register(workflow("Parent", child_node("Leaf", poll_interval_s=120)))
+    parent_id = orch.trigger("Parent")
+    wait_for(lambda: orch.get_run(parent_id).nodes["child"].status == "waiting", what="the wait")
+    # as if the worker holding the poll message died and the wake-up message was lost
+    orch.store.runs.update_one(
+        {"_id": parent_id},
+        {"$set": {"waits.child.token": "lost", "waits.child.woken": True, "waits.child.next_poll_at": 0.0}},
+    )
+    orch.wait(f"{parent_id}.child", timeout=30)
+    assert orch.get_run(parent_id).nodes["child"].status == "waiting"  # nothing else will wake it
+    assert sweep_waits(orch.app, grace_s=0) == [f"{parent_id}/child"]
+    parent = orch.wait(parent_id, timeout=30)
+    assert parent.status == "finished" and parent.nodes["child"].output["targetStatus"] == "finished"  # type: ignore[index,call-overload]
+    assert sweep_waits(orch.app, grace_s=0) == []
+
+
+@pytest.fixture
+def one_slot(settings: Settings) -> Iterator[Orchestrator]:
+    """An orchestrator whose only worker has a single process, on a broker of its own."""
+    own_broker = urlsplit(settings.redis_url)._replace(path="/7").geturl()
+    own = Settings(
+        REDIS_URL=own_broker,
+        MONGO_URL=settings.mongo_url,
+        ORCH_PLUGINS=settings.plugins,
+        ORCH_HOME=settings.home,
+    )
+    redis.Redis.from_url(own_broker).flushdb()
+    with Orchestrator(settings=own) as orch:
+        worker = WorkerProcess(own, orch, "--pool=prefork", "--concurrency=1", name="one-slot").wait_ready()
+        try:
+            yield orch
+        finally:
+            worker.stop()
+
+
+def test_ten_waiting_parents_finish_on_a_single_worker_slot(one_slot: Orchestrator) -> None:
+    register_leaf(one_slot, seconds=0.2)
+    one_slot.register(workflow("Parent", child_node("Leaf", timeout_s=60, poll_interval_s=0.5)))
+    parents = [one_slot.trigger("Parent") for _ in range(10)]
+    finished = [one_slot.wait(run_id, timeout=60) for run_id in parents]
+    outputs: list[Any] = [run.nodes["child"].output for run in finished]
+    assert [o["status"] for o in outputs] == ["finished"] * 10
+    # a parent that held the slot while waiting would have left its child no slot to run on
+    waits = sorted((run.nodes["child"].started_at, run.nodes["child"].finished_at) for run in finished)
+    assert any(later[0] < earlier[1] for earlier, later in pairwise(waits))
