@@ -79,8 +79,9 @@ class Wait:
 
     The engine marks the node `waiting`, then calls the type's `resume` on each poll (every
     `poll_interval_s`) and at once when an awaited run ends (a run whose `parent_run_id` and
-    `parent_node_id` are this node's; `run_id` names the one awaited, if there is one), until `resume` returns an output
-    or the timeout passes (then `resume` is called with `timed_out=True` and must answer).
+    `parent_node_id` are this node's; `run_id` names the one awaited, if there is one),
+    until `resume` returns an output or the timeout passes (then `resume` is called with
+    `timed_out=True` and must answer). `resume` may raise `NodeError` to fail the node.
     """
 
     run_id: str | None
