@@ -108,6 +108,8 @@ class NodeType(Generic[P]):
     description: str = ""
     branches: tuple[str, ...] = ()
     resume: Resume | None = None
+    raw_params: frozenset[str] = frozenset()
+    """Params the engine passes as written, unrendered (the type renders them itself)."""
 
 
 BUILTIN_BRANCHES: dict[str, tuple[str, ...]] = {"condition": ("yes", "no")}

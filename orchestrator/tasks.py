@@ -148,7 +148,9 @@ def _call(node_type: NodeType[Any], spec: NodeSpec, context: NodeContext) -> Any
     """Render the params, validate them, call the node's function and check its output."""
     scope = build_scope(context.variables, context.outputs, context.run_id, context.workflow)
     rendered = {
-        key: render(value, scope, f"node '{spec.id}', parameter '{key}'")
+        key: value
+        if key in node_type.raw_params
+        else render(value, scope, f"node '{spec.id}', parameter '{key}'")
         for key, value in spec.params.items()
     }
     try:

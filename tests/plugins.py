@@ -24,11 +24,14 @@ def flaky(params: FlakyParams, context: NodeContext) -> dict[str, Any]:
 
 class FailParams(BaseModel):
     message: str = "failing on purpose"
+    when: bool = True
 
 
-def fail(params: FailParams, context: NodeContext) -> None:
-    """Always fails with `message`."""
-    raise RuntimeError(params.message)
+def fail(params: FailParams, context: NodeContext) -> dict[str, bool]:
+    """Fails with `message` (unless `when` is false)."""
+    if params.when:
+        raise RuntimeError(params.message)
+    return {"failed": False}
 
 
 class BigParams(BaseModel):

@@ -1,0 +1,149 @@
+"""parameter_loop on real workers: order, modes, the cap, errors, and a sweep of child runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator import Orchestrator
+from orchestrator.models import Run
+from tests.conftest import workflow
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def loop_node(values: Any, body: dict[str, Any], **params: Any) -> dict[str, Any]:
+    return {"id": "loop", "type": "parameter_loop", "params": {"values": values, "body": body, **params}}
+
+
+def iterations(orch: Orchestrator, run: Run) -> list[Run]:
+    return sorted(orch.list_runs(parent=run.id, limit=500), key=lambda r: r.id)
+
+
+def most_at_once(runs: list[Run]) -> int:
+    """The largest number of runs whose [started, finished] intervals all overlap."""
+    spans = [(r.nodes["body"].started_at, r.nodes["body"].finished_at) for r in runs]
+    assert all(start and end for start, end in spans)
+    return max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)  # type: ignore[operator]
+
+
+def test_parallel_loop_outputs_follow_the_order_of_values(orch: Orchestrator) -> None:
+    body = {
+        "type": "set",
+        "params": {"symbol": "{{ loop_value }}", "index": "{{ loop_index }}", "tag": "{{ tag }}"},
+    }
+    orch.register(
+        workflow(
+            "Loop", loop_node("{{ symbols }}", body), variables={"symbols": ["BTC", "ETH", "SPY"], "tag": "t"}
+        )
+    )
+    run = orch.run("Loop", timeout=30)
+    output: Any = run.nodes["loop"].output
+    assert run.status == "finished"
+    assert [(e["loop_index"], e["loop_value"], e["status"]) for e in output] == [
+        (0, "BTC", "finished"),
+        (1, "ETH", "finished"),
+        (2, "SPY", "finished"),
+    ]
+    assert [e["output"] for e in output] == [
+        {"symbol": "BTC", "index": 0, "tag": "t"},
+        {"symbol": "ETH", "index": 1, "tag": "t"},
+        {"symbol": "SPY", "index": 2, "tag": "t"},
+    ]
+    assert [r.workflow for r in iterations(orch, run)] == ["Loop/loop"] * 3
+
+
+def test_sequential_loop_runs_one_iteration_at_a_time(orch: Orchestrator) -> None:
+    body = {"type": "sleep", "params": {"seconds": 0.2, "output": "{{ loop_value }}"}}
+    orch.register(workflow("Loop", loop_node([1, 2, 3], body, mode="sequential", poll_interval_s=30)))
+    run = orch.run("Loop", timeout=30)
+    assert [e["output"]["output"] for e in run.nodes["loop"].output] == [1, 2, 3]  # type: ignore[union-attr,index]
+    runs = iterations(orch, run)
+    assert most_at_once(runs) == 1
+    starts = [r.nodes["body"].started_at for r in runs]
+    assert starts == sorted(starts)  # type: ignore[type-var]
+
+
+def test_max_parallel_caps_the_iterations_in_flight(orch: Orchestrator) -> None:
+    body = {"type": "sleep", "params": {"seconds": 0.3}}
+    orch.register(workflow("Loop", loop_node(list(range(5)), body, max_parallel=1)))
+    run = orch.run("Loop", timeout=30)
+    assert run.status == "finished" and len(run.nodes["loop"].output) == 5  # type: ignore[arg-type]
+    assert most_at_once(iterations(orch, run)) == 1
+
+
+def test_a_failed_iteration_is_reported_and_the_others_go_on(orch: Orchestrator) -> None:
+    body = {
+        "type": "fail",
+        "params": {"when": "{{ loop_value == 'bad' }}", "message": "no data for {{ loop_value }}"},
+    }
+    orch.register(workflow("Loop", loop_node(["a", "bad", "c"], body)))
+    run = orch.run("Loop", timeout=30)
+    output: Any = run.nodes["loop"].output
+    assert run.status == "finished"
+    assert [e["status"] for e in output] == ["finished", "failed", "finished"]
+    assert "no data for bad" in output[1]["error"]
+
+
+def test_continue_on_error_false_fails_the_loop_and_starts_no_more(orch: Orchestrator) -> None:
+    body = {"type": "fail", "params": {"when": "{{ loop_value == 'bad' }}"}}
+    orch.register(
+        workflow("Loop", loop_node(["a", "bad", "c", "d"], body, mode="sequential", continue_on_error=False))
+    )
+    run = orch.run("Loop", timeout=30)
+    error = run.nodes["loop"].error or ""
+    assert run.status == "failed" and run.nodes["loop"].status == "failed"
+    assert "iteration 1 (loop_value 'bad') failed" in error and "2 iteration(s) were not started" in error
+    assert len(iterations(orch, run)) == 2
+
+
+def test_bad_body_params_fail_the_loop_before_any_iteration_starts(orch: Orchestrator) -> None:
+    body = {"type": "sleep", "params": {"seconds": "{{ loop_value }}"}}
+    orch.register(workflow("Loop", loop_node([0.1, "soon"], body)))
+    run = orch.run("Loop", timeout=30)
+    error = run.nodes["loop"].error or ""
+    assert run.status == "failed"
+    assert "node 'loop', parameter 'body': iteration 1 (loop_value 'soon'): parameter 'seconds'" in error
+    assert iterations(orch, run) == []
+
+
+def test_unknown_body_type_is_named(orch: Orchestrator) -> None:
+    orch.register(workflow("Loop", loop_node([1], {"type": "teleport"})))
+    run = orch.run("Loop", timeout=30)
+    assert "unknown node type 'teleport'" in (run.nodes["loop"].error or "")
+
+
+def test_a_sweep_of_child_runs_returns_each_childs_results(orch: Orchestrator) -> None:
+    orch.register(
+        workflow(
+            "Score",
+            {
+                "id": "score",
+                "type": "set",
+                "params": {"symbol": "{{ symbol }}", "score": "{{ symbol | length }}"},
+            },
+            variables={"symbol": "X"},
+            output="{{ nodes.score.output }}",
+        )
+    )
+    body = {
+        "type": "run_workflow",
+        "params": {"workflow": "Score", "variables": {"symbol": "{{ loop_value }}"}},
+    }
+    orch.register(workflow("Sweep", loop_node(["BTC", "DOGE", "SOL"], body, max_parallel=2)))
+    run = orch.run("Sweep", timeout=60)
+    output: Any = run.nodes["loop"].output
+    assert [e["output"]["targetResults"] for e in output] == [
+        {"symbol": "BTC", "score": 3},
+        {"symbol": "DOGE", "score": 4},
+        {"symbol": "SOL", "score": 3},
+    ]
+    tree = orch.run_tree(run.id)
+    assert [len(iteration.children) for iteration in tree.children] == [1, 1, 1]
+    assert {c.children[0].depth for c in tree.children} == {2}
+
+
+def test_empty_values_finish_at_once(orch: Orchestrator) -> None:
+    orch.register(workflow("Loop", loop_node([], {"type": "set"})))
+    assert orch.run("Loop", timeout=30).nodes["loop"].output == []
