@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.errors import NodeError
+from orchestrator.spec import WorkflowSpec
 
 SECRET_NAME = re.compile(r"password|passwd|token|secret|api_?key|private_?key", re.IGNORECASE)
 
@@ -93,3 +94,32 @@ def refused_output(target: str, message: str) -> dict[str, Any]:
         "targetWorkflow": target,
         "elapsed_s": 0.0,
     }
+
+
+def target_workflows(spec: WorkflowSpec) -> Iterator[tuple[str, str]]:
+    """`(node_id, workflow name)` for each child workflow the spec names literally.
+
+    Covers `run_workflow` nodes and `parameter_loop` bodies of that type; templated names
+    (`{{ ... }}`) are known only at run time and are left out.
+    """
+    for node in spec.nodes:
+        params: Any = node.params
+        if node.type == "parameter_loop" and isinstance(params.get("body"), dict):
+            if params["body"].get("type") != "run_workflow":
+                continue
+            params = params["body"].get("params") or {}
+        elif node.type != "run_workflow":
+            continue
+        target = params.get("workflow")
+        if isinstance(target, str) and "{" not in target:
+            yield node.id, target
+
+
+def unknown_targets(spec: WorkflowSpec, registered: set[str]) -> list[str]:
+    """Warnings for child workflows that are not registered (yet): the run would get an error."""
+    return [
+        f"workflow '{spec.name}', node '{node_id}': target workflow '{target}' is not registered; "
+        "runs will get targetStatus 'error' until it is"
+        for node_id, target in target_workflows(spec)
+        if target not in registered
+    ]

@@ -62,6 +62,20 @@ def test_apply_registers_valid_files(cli: CliRunner, files: Path) -> None:
     assert sorted(w["name"] for w in listed) == ["Doomed", "Greet"]
 
 
+def test_apply_warns_about_child_workflows_that_are_not_registered(cli: CliRunner, files: Path) -> None:
+    (files / "parent.yaml").write_text(
+        "name: Parent\nnodes:\n"
+        "  - {id: known, type: run_workflow, params: {workflow: Greet}}\n"
+        "  - {id: typo, type: run_workflow, params: {workflow: Gret}}\n"
+        "  - {id: sweep, type: parameter_loop, params: {values: [1], body: {type: run_workflow, params: {workflow: Nope}}}}\n"
+    )
+    result = invoke(cli, "workflows", "apply", str(files / "parent.yaml"), str(files / "good.yaml"))
+    assert result.exit_code == 0, result.output
+    assert "node 'typo': target workflow 'Gret' is not registered" in result.stderr
+    assert "node 'sweep': target workflow 'Nope' is not registered" in result.stderr
+    assert "'Greet'" not in result.stderr  # registered in the same apply
+
+
 def test_apply_of_an_invalid_file_exits_2_and_registers_nothing(
     cli: CliRunner, files: Path, orch: Orchestrator
 ) -> None:
