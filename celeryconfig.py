@@ -32,3 +32,14 @@ worker_send_task_events = True
 task_send_sent_event = True
 task_track_started = False
 worker_hijack_root_logger = False
+
+# `orchestrator beat` also runs the sweeper: a waiting node whose poll message was lost (a
+# killed worker strands held messages until the visibility timeout) is re-sent within ~1 min.
+beat_schedule = {
+    "orchestrator-sweep-waits": {
+        "task": "orchestrator.sweep_waits",
+        "schedule": 30.0,
+        "kwargs": {"grace_s": 30.0},
+        "options": {"expires": 25.0},
+    }
+}

@@ -21,6 +21,7 @@ NODE_STARTABLE: Final[tuple[NodeStatus, ...]] = ("pending", "running")
 NODE_TASK_PREFIX: Final = "workers."
 FINALIZE_TASK: Final = "orchestrator.finalize_run"
 JOIN_TASK: Final = "orchestrator.join"
+SWEEP_TASK: Final = "orchestrator.sweep_waits"
 
 ENTRY_POINT_GROUP: Final = "orchestrator.node_types"
 

@@ -19,14 +19,14 @@ from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, MAX_COUNTDOWN_S, NODE_TASK_PREFIX
+from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, MAX_COUNTDOWN_S, NODE_TASK_PREFIX, SWEEP_TASK
 from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, TemplateError
 from orchestrator.models import node_state, utcnow
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
 from orchestrator.registry import NodeContext, NodeType, Wait
 from orchestrator.spec import NodeSpec
 from orchestrator.templating import build_scope, render
-from orchestrator.waiting import after_claim, begin_wait, poll, wake_parent
+from orchestrator.waiting import after_claim, begin_wait, poll, sweep_waits, wake_parent
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
@@ -63,6 +63,11 @@ def register_tasks(app: OrchestratorApp) -> None:
     @app.task(name=JOIN_TASK, shared=False)  # type: ignore[untyped-decorator]
     def join() -> None:
         """A no-op step that closes a fan-out inside a larger fan-in."""
+
+    @app.task(name=SWEEP_TASK, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
+    def sweep(grace_s: float = 30.0) -> list[str]:
+        """Re-send waiting nodes whose poll message was lost (run every 30 s by `orchestrator beat`)."""
+        return sweep_waits(app, grace_s)
 
 
 def _register_node_task(app: OrchestratorApp, node_type: NodeType[Any]) -> None:
