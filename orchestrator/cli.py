@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from orchestrator.api import Orchestrator
+from orchestrator.child_runs import unknown_targets
 from orchestrator.display import progress_line, run_view, runs_table
 from orchestrator.errors import (
     OrchestratorError,
@@ -122,6 +123,10 @@ def workflows_apply(paths: tuple[Path, ...]) -> None:
         for spec in specs:
             orch.register(spec)
             out.print(f"registered '{spec.name}' ({len(spec.nodes)} nodes)")
+        registered = orch.store.workflow_names()
+        for spec in specs:
+            for warning in unknown_targets(spec, registered):
+                err.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 @workflows.command("list")
@@ -320,11 +325,18 @@ def worker(
 @main.command()
 @click.option("--loglevel", "-l", default="INFO")
 def beat(loglevel: str) -> None:
-    """Start celery beat, which fires scheduled workflows."""
+    """Start celery beat, which fires scheduled workflows.
+
+    Schedules are read from the registered workflows every ORCH_SCHEDULE_REFRESH_S seconds;
+    any number of beat processes may run (each slot fires once).
+    """
     from orchestrator.app import create_app
+    from orchestrator.schedules import SCHEDULER
 
     with handled():
-        create_app().start(["beat", f"--loglevel={loglevel}"])
+        app = create_app()
+        app.store.ping()  # fail now, with a message, rather than log errors forever
+        app.start(["beat", f"--loglevel={loglevel}", f"--scheduler={SCHEDULER}"])
 
 
 @main.command()

@@ -67,7 +67,8 @@ def test_apply_warns_about_child_workflows_that_are_not_registered(cli: CliRunne
         "name: Parent\nnodes:\n"
         "  - {id: known, type: run_workflow, params: {workflow: Greet}}\n"
         "  - {id: typo, type: run_workflow, params: {workflow: Gret}}\n"
-        "  - {id: sweep, type: parameter_loop, params: {values: [1], body: {type: run_workflow, params: {workflow: Nope}}}}\n"
+        "  - id: sweep\n    type: parameter_loop\n"
+        "    params: {values: [1], body: {type: run_workflow, params: {workflow: Nope}}}\n"
     )
     result = invoke(cli, "workflows", "apply", str(files / "parent.yaml"), str(files / "good.yaml"))
     assert result.exit_code == 0, result.output
