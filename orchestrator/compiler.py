@@ -59,7 +59,8 @@ def compile_graph(graph: Graph, leaf: Callable[[str], Signature], join: Callable
         return group([close(compile_graph(_sub(graph, c), leaf, join), join) for c in components])
     sources = [n for n in ids if not graph[n]]
     if len(sources) == 1:
-        return then(leaf(sources[0]), compile_graph(_without(graph, sources), leaf, join))
+        line, rest = _line_from(graph, sources[0])
+        return then(_chain(*[leaf(n) for n in line]), compile_graph(rest, leaf, join))
     sinks = [n for n in ids if not any(n in graph[m] for m in ids)]
     if len(sinks) == 1:
         return then(compile_graph(_without(graph, sinks), leaf, join), leaf(sinks[0]))
@@ -88,6 +89,29 @@ def close(sig: Signature, join: Callable[[], Signature]) -> Signature:
     if isinstance(sig, _chain) and isinstance(sig.tasks[-1], group):
         return then(sig, join())
     return sig
+
+
+def _line_from(graph: Graph, source: str) -> tuple[list[str], Graph]:
+    """The straight line of nodes from the graph's only source, and the graph after it.
+
+    Peeled in a loop, not by recursion, so that long lines compile in linear time and never
+    reach Python's recursion limit. The rest keeps at least one node.
+    """
+    dependents: dict[str, set[str]] = {n: set() for n in graph}
+    for n, deps in graph.items():
+        for dep in deps:
+            dependents[dep].add(n)
+    rest = {n: set(deps) for n, deps in graph.items()}
+    line = [source]
+    while True:
+        del rest[source]
+        for m in dependents[source]:
+            rest[m].discard(source)
+        freed = sorted(m for m in dependents[source] if not rest[m])
+        if len(rest) < 2 or len(freed) != 1:
+            return line, rest
+        source = freed[0]
+        line.append(source)
 
 
 def _components(graph: Graph) -> list[set[str]]:

@@ -91,3 +91,16 @@ def test_every_node_is_one_immutable_message_named_after_its_type(app: Orchestra
         "node": {"id": "a", "type": "sleep", "params": {"seconds": 1}, "timeout_s": 5.0},
     }
     assert first.options["soft_time_limit"] == 5.0
+
+
+def test_a_line_of_three_thousand_nodes_compiles_flat_without_recursion(app: OrchestratorApp) -> None:
+    ids = [f"n{i}" for i in range(3000)]
+    shape_ = compiled(app, {n: ([ids[i - 1]] if i else []) for i, n in enumerate(ids)})
+    assert shape_ == ("chain", (*ids, "END"))
+
+
+def test_a_line_that_fans_out_keeps_the_line_then_the_group(app: OrchestratorApp) -> None:
+    assert compiled(app, {"a": [], "b": ["a"], "c": ["b"], "d": ["b"]}) == (
+        "chain",
+        ("a", "b", ("chord", ("c", "d"), "END")),
+    )
