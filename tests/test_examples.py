@@ -67,8 +67,9 @@ def test_error_handling_branches_on_the_failed_child_and_logs_it(examples: Orche
 
 def test_timeout_returns_timeout_and_the_child_finishes_later(examples: Orchestrator) -> None:
     run = examples.run("Timeout Demo", timeout=60)
-    assert run.nodes["after"].output["waited"] == "timeout"  # type: ignore[index,call-overload]
-    late = examples.wait(run.nodes["after"].output["child"], timeout=30)  # type: ignore[index,call-overload]
+    after: Any = run.nodes["after"].output
+    assert after["waited"] == "timeout"
+    late = examples.wait(after["child"], timeout=30)
     assert late.status == "finished" and late.results == "report ready"
 
 

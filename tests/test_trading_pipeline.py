@@ -42,7 +42,8 @@ def test_the_pipeline_runs_every_stage_and_reports(trading: Orchestrator) -> Non
     descendants = all_descendants_over(trading, run.id)
     assert {r.status for r in descendants} == {"finished"}
     stages = [c.workflow for c in trading.run_tree(run.id).children]
-    branch = run.results["branch"]  # type: ignore[index,call-overload]
+    results: Any = run.results
+    branch = results["branch"]
     follow_up = "Place Orders" if branch == "yes" else "Log No-Trade Day"
     assert stages == [
         "Fetch All Portfolio Data",
@@ -52,12 +53,13 @@ def test_the_pipeline_runs_every_stage_and_reports(trading: Orchestrator) -> Non
         "Send Daily Report",
     ]
     (report_run,) = [r for r in descendants if r.workflow == "Send Daily Report"]
-    markdown = report_run.results["markdown"]  # type: ignore[index,call-overload]
+    report: Any = report_run.results
+    markdown = report["markdown"]
     assert all(symbol in markdown for symbol in SYMBOLS)
     assert report_run.nodes["send"].output["sent"] is False  # type: ignore[index,call-overload]
     lists = UserLists(trading.store.db)
     if branch == "yes":
-        assert lists.count("paper_orders") == sum(run.results["signals"][a] for a in ("buy", "sell"))  # type: ignore[index,call-overload]
+        assert lists.count("paper_orders") == sum(results["signals"][a] for a in ("buy", "sell"))
     else:
         assert lists.read("trading_log")[0]["note"] == "no trade signals"
 
