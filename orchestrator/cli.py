@@ -341,12 +341,13 @@ def beat(loglevel: str) -> None:
 
 @main.command()
 @click.option("--timeout", type=float, default=120.0, help="seconds to wait for the demo run")
-def demo(timeout: float) -> None:
+@click.option("--workflow", default="Daily Trading Pipeline", help="which example workflow to run")
+def demo(timeout: float, workflow: str) -> None:
     """Run the example pipeline end to end, starting whatever is not running."""
     from orchestrator.demo import run_demo
 
     with handled():
-        sys.exit(run_demo(out, err, timeout))
+        sys.exit(run_demo(out, err, timeout, workflow))
 
 
 if __name__ == "__main__":

@@ -1,27 +1,34 @@
-"""`orchestrator demo`: the example workflow end to end, with whatever is missing embedded.
+"""`orchestrator demo`: the daily trading pipeline end to end, with whatever is missing embedded.
 
 With no Redis or MongoDB answering at `REDIS_URL` / `MONGO_URL`, it starts a private
 `redis-server` and `nx-27017` (data under `ORCH_HOME`) and runs a worker in this process.
+It registers every example workflow, runs one (by default "Daily Trading Pipeline", which
+needs no network: synthetic candles, and the report goes to the log without a Telegram
+token), waits for its fire-and-forget children too, and prints the run tree and the report.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 from celery.contrib.testing.worker import start_worker
 from rich.console import Console
 
 from orchestrator.api import Orchestrator
+from orchestrator.constants import RUN_OVER
 from orchestrator.display import progress_line, run_view
 from orchestrator.embedded import services
+from orchestrator.models import Run
 from orchestrator.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "workflows"
-DEMO_WORKFLOW = "Price Summary"
+DEMO_WORKFLOW = "Daily Trading Pipeline"
 
 
-def run_demo(out: Console, err: Console, timeout: float) -> int:
-    """Run the demo workflow and print its run tree; the exit code (0 when it finished)."""
+def run_demo(out: Console, err: Console, timeout: float, workflow: str = DEMO_WORKFLOW) -> int:
+    """Run an example workflow and print its run tree; the exit code (0 when all finished)."""
     settings = Settings()
     with services(settings.home, settings.redis_url, settings.mongo_url) as (redis_url, mongo_url, started):
         if started:
@@ -32,19 +39,52 @@ def run_demo(out: Console, err: Console, timeout: float) -> int:
             )
         settings = settings.model_copy(update={"redis_url": redis_url, "mongo_url": mongo_url})
         orch = Orchestrator(settings=settings)
-        for path in sorted(EXAMPLES.glob("*.yaml")):
+        for path in sorted(EXAMPLES.rglob("*.yaml")):
             orch.register(path)
         with start_worker(
             orch.app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
         ):
-            run_id = orch.trigger(DEMO_WORKFLOW, trigger={"type": "cli"})
-            with err.status(f"{DEMO_WORKFLOW}: starting") as status:
+            run_id = orch.trigger(workflow, trigger={"type": "cli"})
+            deadline = time.monotonic() + timeout
+            with err.status(f"{workflow}: starting") as status:
                 run = orch.wait(
-                    run_id, timeout=timeout, on_progress=lambda r: status.update(progress_line(r))
+                    run_id, timeout=timeout, on_progress=lambda r: status.update(_progress(orch, r))
                 )
-            out.print(run_view(orch.run_tree(run.id)))
+                children = _wait_for_descendants(orch, run, deadline, lambda text: status.update(text))
+            tree = orch.run_tree(run.id)
+            out.print(run_view(tree))
+            _print_report(out, children)
         orch.close()
-        return 0 if run.status == "finished" else 1
+        ok = run.status == "finished" and all(c.status == "finished" for c in children)
+        return 0 if ok else 1
+
+
+def _progress(orch: Orchestrator, run: Run) -> str:
+    """The run's progress line, with how many of its child runs (at any depth) are over."""
+    children = list(orch.store.descendants(run.id))
+    over = sum(1 for c in children if c.status in RUN_OVER)
+    return f"{progress_line(run)}; child runs: {over}/{len(children)} over"
+
+
+def _wait_for_descendants(orch: Orchestrator, run: Run, deadline: float, show: Any) -> list[Run]:
+    """Wait until the fire-and-forget children (which the run did not wait for) are over too."""
+    while True:
+        children = list(orch.store.descendants(run.id))
+        running = [c.workflow for c in children if c.status not in RUN_OVER]
+        if not running or time.monotonic() > deadline:
+            return children
+        show(f"{run.workflow} {run.status}; waiting for child runs: {', '.join(running)}")
+        time.sleep(0.1)
+
+
+def _print_report(out: Console, children: list[Run]) -> None:
+    """The Markdown of the pipeline's report, when it made one."""
+    for child in children:
+        report = child.nodes.get("report")
+        output = report.output if report else None
+        if isinstance(output, dict) and isinstance(output.get("markdown"), str):
+            out.rule(str(output.get("title") or "report"))
+            out.print(output["markdown"], markup=False, highlight=False)
 
 
 def _what(service: str) -> str:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(180)
-def test_demo_runs_the_example_with_embedded_services(tmp_path: Path) -> None:
+def test_demo_runs_the_trading_pipeline_with_embedded_services(tmp_path: Path) -> None:
     env = dict(os.environ)
     env.update(
         REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
@@ -33,6 +33,9 @@ def test_demo_runs_the_example_with_embedded_services(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "using an embedded redis-server and nx-27017" in done.stderr
-    assert "Price Summary" in done.stdout and "finished" in done.stdout
-    assert "summary" in done.stdout and "results:" in done.stdout
+    for stage in ("Daily Trading Pipeline", "Fetch All Portfolio Data", "Compute Technical Indicators"):
+        assert stage in done.stdout
+    assert "Generate Trading Signals" in done.stdout and "Send Daily Report" in done.stdout
+    assert " failed " not in done.stdout and "results:" in done.stdout
+    assert "# Daily market summary" in done.stdout and "| QQQ |" in done.stdout
     assert (tmp_path / "home" / "mongo").is_dir()  # run documents are kept under ORCH_HOME
