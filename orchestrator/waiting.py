@@ -135,8 +135,8 @@ def after_claim(token: str | None, state: dict[str, Any]) -> bool:
 def wake_parent(app: OrchestratorApp, run_doc: dict[str, Any]) -> bool:
     """When a run ends, re-send at once the message of the parent node waiting for it."""
     parent_id, node_id = run_doc.get("parent_run_id"), run_doc.get("parent_node_id")
-    if not parent_id or not node_id:
-        return False
+    if not parent_id or not node_id or run_doc.get("trigger", {}).get("mode") == "fire_and_forget":
+        return False  # nobody waits for a fire-and-forget child: spare the round trip
     return wake(app, parent_id, node_id)
 
 

@@ -49,7 +49,7 @@ def test_fire_and_forget_returns_at_once_and_the_child_runs(orch: Orchestrator) 
         parent.id,
         1,
     )
-    assert child.trigger["type"] == "run_workflow"
+    assert child.trigger["type"] == "run_workflow" and child.trigger["mode"] == "fire_and_forget"
     assert orch.wait(child.id, timeout=30).results == "ETH"
 
 

@@ -64,7 +64,12 @@ def run(params: RunWorkflowParams, context: NodeContext) -> dict[str, Any] | Wai
         root_run_id=str(context.run.get("root_run_id") or context.run_id),
         depth=depth,
     )
-    trigger = {"type": "run_workflow", "parent_run_id": context.run_id, "parent_node_id": context.node_id}
+    trigger = {
+        "type": "run_workflow",
+        "parent_run_id": context.run_id,
+        "parent_node_id": context.node_id,
+        "mode": params.mode,
+    }
     run_id, _ = launch_run(
         context.app,
         spec,
