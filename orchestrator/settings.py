@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     plugins: str = Field(
         "", validation_alias="ORCH_PLUGINS", description="comma-separated modules that define node types"
     )
+    schedule_refresh_s: float = Field(5.0, gt=0, le=3600, validation_alias="ORCH_SCHEDULE_REFRESH_S")
     telegram_bot_token: SecretStr | None = Field(None, validation_alias="TELEGRAM_BOT_TOKEN")
     telegram_chat_id: str | None = Field(None, validation_alias="TELEGRAM_CHAT_ID")
     telegram_api_url: str = Field("https://api.telegram.org", validation_alias="TELEGRAM_API_URL")
