@@ -70,8 +70,8 @@ class WorkflowSchedule(BaseModel):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        if not croniter.is_valid(value):
-            raise ValueError(f"cron {value!r} is not a valid cron expression")
+        if len(value.split()) not in (5, 6) or not croniter.is_valid(value):
+            raise ValueError(f"cron {value!r} is not a valid cron expression (5 fields, or 6 with seconds)")
         try:
             croniter(value, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
         except Exception as exc:  # croniter's CroniterBadDateError and kin

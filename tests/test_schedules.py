@@ -105,6 +105,8 @@ def test_schedule_refuses_a_bad_cron_or_timezone() -> None:
         schedule("61 * * * *")
     with pytest.raises(ValidationError, match="IANA time zone"):
         schedule("0 8 * * *", "Mars/Olympus_Mons")
+    with pytest.raises(ValidationError, match="not a valid cron"):
+        schedule("* * * * * * 2020")  # croniter's year field: a schedule that ends
     with pytest.raises(ValidationError, match="never fires"):
         schedule("0 0 30 2 *")
 
