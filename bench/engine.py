@@ -49,7 +49,14 @@ from celery import chain
 
 from orchestrator.api import Orchestrator
 from orchestrator.app import OrchestratorApp, create_app
-from orchestrator.embedded import Service, mongo_answers, redis_answers, start_mongo, start_redis
+from orchestrator.embedded import (
+    Service,
+    mongo_answers,
+    redis_answers,
+    start_mongo,
+    start_redis,
+    stop_process,
+)
 from orchestrator.models import Run
 from orchestrator.settings import Settings
 
@@ -126,9 +133,15 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 @contextlib.contextmanager
 def worker(
-    app: OrchestratorApp, found: Services, queue: str, log: Path, timeout: float = 60
+    app: OrchestratorApp,
+    found: Services,
+    queue: str,
+    log: Path,
+    timeout: float = 60,
+    app_module: str = "bench.bench_app",
+    concurrency: int = 1,
 ) -> Iterator[str]:
-    """One `celery -A bench.bench_app worker` (prefork, concurrency 1) on `queue`; its name."""
+    """One `celery -A <app_module> worker` (prefork) on `queue`; its name."""
     hostname = f"{queue}@{socket.gethostname()}"
     python_path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = dict(
@@ -138,9 +151,9 @@ def worker(
         PYTHONPATH=os.pathsep.join(python_path),
         **{QUEUE_ENV: queue},
     )
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.bench_app", "worker", "--pool", "prefork",
-           "--concurrency", "1", "--loglevel", "WARNING", "--hostname", hostname, "--queues", queue,
-           "--without-gossip", "--without-mingle"]  # fmt: skip
+    cmd = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--pool", "prefork",
+           "--concurrency", str(concurrency), "--loglevel", "WARNING", "--hostname", hostname,
+           "--queues", queue, "--without-gossip", "--without-mingle"]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -152,13 +165,7 @@ def worker(
                 raise RuntimeError(f"worker did not answer ping within {timeout:g} s:\n{_tail(log)}")
         yield hostname
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout=30)
 
 
 # -- the two measurements -------------------------------------------------------------------

@@ -44,17 +44,13 @@ Run it from the repository root:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -68,13 +64,11 @@ from celery import group  # noqa: E402
 
 from bench.engine import (  # noqa: E402
     NOOP_TASK,
-    QUEUE_ENV,
-    Services,
     _aware,
-    _tail,
     mongo_version,
     redis_version,
     services,
+    worker,
 )
 from orchestrator.api import Orchestrator  # noqa: E402
 from orchestrator.app import OrchestratorApp, create_app  # noqa: E402
@@ -111,43 +105,6 @@ def __getattr__(name: str) -> Any:
 
         _worker_app = app
     return _worker_app
-
-
-@contextlib.contextmanager
-def worker(
-    app: OrchestratorApp, found: Services, queue: str, log: Path, concurrency: int, timeout: float = 60
-) -> Iterator[str]:
-    """One `celery -A bench.run_workflow worker` (prefork) on `queue`; its name."""
-    hostname = f"{queue}@{socket.gethostname()}"
-    python_path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = dict(
-        os.environ,
-        REDIS_URL=found.redis_url,
-        MONGO_URL=found.mongo_url,
-        PYTHONPATH=os.pathsep.join(python_path),
-        **{QUEUE_ENV: queue},
-    )
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.run_workflow", "worker", "--pool", "prefork",
-           "--concurrency", str(concurrency), "--loglevel", "WARNING", "--hostname", hostname,
-           "--queues", queue, "--without-gossip", "--without-mingle"]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout
-        while not app.control.ping(destination=[hostname], timeout=0.5):
-            if process.poll() is not None:
-                raise RuntimeError(f"worker exited at start (code {process.returncode}):\n{_tail(log)}")
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"worker did not answer ping within {timeout:g} s:\n{_tail(log)}")
-        yield hostname
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 # -- workflows --------------------------------------------------------------------------------
@@ -515,7 +472,14 @@ def run_benchmark(args: argparse.Namespace, home: Path) -> None:
                   f"{found.redis_origin})")  # fmt: skip
             print(f"MongoDB: {found.mongo_url}  ({mongo_version(orch)}; {found.mongo_origin})")
             register_workflows(orch, names, args.width)
-            with worker(app, found, queue, home / "worker.log", args.concurrency) as hostname:
+            with worker(
+                app,
+                found,
+                queue,
+                home / "worker.log",
+                app_module="bench.run_workflow",
+                concurrency=args.concurrency,
+            ) as hostname:
                 print(f"worker:  {hostname} (prefork, concurrency {args.concurrency}), queue {queue}")
                 measure_all(orch, names, args)
         finally:
