@@ -45,8 +45,25 @@ class ScheduleSpec(BaseModel):
     @field_validator("cron")
     @classmethod
     def _five_fields(cls, value: str) -> str:
+        from croniter import croniter  # type: ignore[import-untyped]
+
         if len(value.split()) != 5:
             raise ValueError(f"cron {value!r} must have 5 fields: minute hour day-of-month month day-of-week")
+        if not croniter.is_valid(value):
+            raise ValueError(f"cron {value!r} is not a valid cron expression")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown timezone {value!r} (an IANA name such as 'Europe/Warsaw' or 'UTC')"
+            ) from None
         return value
 
 

@@ -133,3 +133,17 @@ def test_examples_are_valid() -> None:
     known = load_registry().names()
     for path in sorted((Path(__file__).parent.parent / "examples" / "workflows").glob("*.yaml")):
         assert load_workflow_file(path, known).name
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ({"cron": "61 8 * * *"}, "not a valid cron expression"),
+        ({"cron": "0 8 * * *", "timezone": "Mars/Olympus"}, "unknown timezone 'Mars/Olympus'"),
+    ],
+)
+def test_a_bad_schedule_is_refused_at_load_time(schedule: dict[str, str], message: str) -> None:
+    data = {"name": "Nightly", "schedule": schedule, "nodes": [{"id": "a", "type": "set"}]}
+    with pytest.raises(WorkflowValidationError) as caught:
+        parse_workflow(data)
+    assert message in str(caught.value) and "schedule" in str(caught.value)
