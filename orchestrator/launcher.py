@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from celery.canvas import Signature
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from orchestrator.compiler import compile_workflow
@@ -40,18 +41,19 @@ def merge_variables(spec: WorkflowSpec, given: dict[str, Any] | None) -> dict[st
     return {**spec.variables, **given}
 
 
-def launch_run(
+def prepare_run(
     app: OrchestratorApp,
     spec: WorkflowSpec,
     variables: dict[str, Any] | None = None,
     trigger: dict[str, Any] | None = None,
     run_id: str | None = None,
     lineage: Lineage | None = None,
-) -> tuple[str, bool]:
-    """Create the run document and send the run's canvas, once per run id.
+) -> tuple[str, Signature | None]:
+    """Create the run document and return the canvas to send, once per run id.
 
     Returns:
-        The run id, and False when a run with that id existed already (nothing was sent).
+        The run id, and its canvas, or None when a run with that id existed already (its
+        canvas was sent by whoever created it).
     """
     run_id = run_id or new_run_id()
     doc = new_run_document(
@@ -67,6 +69,23 @@ def launch_run(
     )
     canvas = compile_workflow(app, spec, run_id)  # before the insert: a bad graph leaves no document
     _, created = app.store.create_run(doc)
-    if created:
+    return run_id, canvas if created else None
+
+
+def launch_run(
+    app: OrchestratorApp,
+    spec: WorkflowSpec,
+    variables: dict[str, Any] | None = None,
+    trigger: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    lineage: Lineage | None = None,
+) -> tuple[str, bool]:
+    """Create the run document and send the run's canvas, once per run id.
+
+    Returns:
+        The run id, and False when a run with that id existed already (nothing was sent).
+    """
+    run_id, canvas = prepare_run(app, spec, variables, trigger, run_id, lineage)
+    if canvas is not None:
         canvas.apply_async()
-    return run_id, created
+    return run_id, canvas is not None

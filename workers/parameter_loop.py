@@ -2,7 +2,8 @@
 
 Each iteration is a child run of a one-node workflow (`<workflow>/<node>`, run id
 `<run>.<node>.<index>`), so it is a Celery workflow of its own, shows in the run tree, and
-is started once whatever the deliveries. The loop node waits for them the way `run_workflow`
+is started once whatever the deliveries; the iterations started together are sent as one
+Celery `group`. The loop node waits for them the way `run_workflow`
 does, holding no worker slot: each iteration's end wakes it, and it starts the next ones
 while fewer than the cap (`max_parallel`; 1 in `sequential` mode) are in flight. The body's
 params are rendered in the loop's own scope plus `loop_value` and `loop_index`, and checked
@@ -14,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from celery import group
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from orchestrator.child_runs import child_run_id
 from orchestrator.constants import RUN_OVER
 from orchestrator.errors import ConfigurationError, NodeError, OrchestratorError
-from orchestrator.launcher import Lineage, launch_run
+from orchestrator.launcher import Lineage, prepare_run
 from orchestrator.registry import NodeContext, NodeType, Wait
 from orchestrator.spec import NodeSpec, WorkflowSpec
 from orchestrator.templating import build_scope, render
@@ -91,15 +93,16 @@ def iteration_specs(params: ParameterLoopParams, context: NodeContext) -> list[W
 
 
 def _launch(context: NodeContext, specs: list[WorkflowSpec], values: list[Any], indexes: list[int]) -> None:
-    """Start the given iterations (a second start of one is a no-op: the ids are fixed)."""
+    """Start the given iterations, together as one Celery group (a second start of an
+    iteration is a no-op: the ids are fixed)."""
     assert context.app is not None
-    depth = int(context.run.get("depth", 0)) + 1
     lineage = Lineage(
         parent_run_id=context.run_id,
         parent_node_id=context.node_id,
         root_run_id=str(context.run.get("root_run_id") or context.run_id),
-        depth=depth,
+        depth=int(context.run.get("depth", 0)) + 1,
     )
+    canvases = []
     for index in indexes:
         trigger = {
             "type": "run_workflow",
@@ -108,17 +111,15 @@ def _launch(context: NodeContext, specs: list[WorkflowSpec], values: list[Any], 
             "loop_index": index,
         }
         variables = {"loop_value": values[index], "loop_index": index}
+        run_id = child_run_id(context.run_id, context.node_id, index)
         try:
-            launch_run(
-                context.app,
-                specs[index],
-                variables,
-                trigger,
-                child_run_id(context.run_id, context.node_id, index),
-                lineage,
-            )
+            _, canvas = prepare_run(context.app, specs[index], variables, trigger, run_id, lineage)
         except OrchestratorError as exc:
             raise NodeError(f"node '{context.node_id}': iteration {index} could not start: {exc}") from exc
+        if canvas is not None:
+            canvases.append(canvas)
+    if canvases:
+        group(canvases).apply_async()
 
 
 def run(params: ParameterLoopParams, context: NodeContext) -> list[dict[str, Any]] | Wait:
