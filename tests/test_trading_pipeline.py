@@ -92,3 +92,34 @@ def test_place_orders_records_paper_orders(trading: Orchestrator, orders: list[A
 def test_the_pipeline_is_scheduled_daily_at_eight_utc(trading: Orchestrator) -> None:
     (spec,) = [w for w in trading.workflows() if w.name == "Daily Trading Pipeline"]
     assert spec.schedule is not None and (spec.schedule.cron, spec.schedule.timezone) == ("0 8 * * *", "UTC")
+
+
+def test_signals_stage_alone_decides_per_symbol(trading: Orchestrator) -> None:
+    fetch = trading.run("Fetch All Portfolio Data", {"symbols": ["BTC", "QQQ"]}, timeout=60)
+    indicators = trading.run("Compute Technical Indicators", {"data_run": fetch.id}, timeout=60).results
+    run = trading.run("Generate Trading Signals", {"indicators": indicators}, timeout=30)
+    results: Any = run.results
+    assert [s["symbol"] for s in results["signals"]] == ["BTC", "QQQ"]
+    assert {s["action"] for s in results["signals"]} <= {"buy", "sell", "hold"}
+    assert results["any_signal"] == (results["counts"]["buy"] + results["counts"]["sell"] > 0)
+
+
+def test_no_trade_stage_alone_logs_the_day(trading: Orchestrator) -> None:
+    trading.run("Log No-Trade Day", {"day": "2024-12-31"}, timeout=30)
+    assert UserLists(trading.store.db).read("trading_log") == [
+        {"day": "2024-12-31", "note": "no trade signals"}
+    ]
+
+
+def test_report_stage_alone_writes_markdown_and_logs_it_without_a_token(trading: Orchestrator) -> None:
+    signals = {
+        "signals": [{"symbol": "ETH", "action": "buy", "confidence": 0.5, "reasons": ["RSI 25 (oversold)"]}]
+    }
+    run = trading.run("Send Daily Report", {"signals": signals, "indicators": []}, timeout=30)
+    report: Any = run.results
+    assert (
+        run.status == "finished"
+        and "| ETH |" in report["markdown"]
+        and "RSI 25 (oversold)" in report["markdown"]
+    )
+    assert run.nodes["send"].output["sent"] is False  # type: ignore[index,call-overload]
