@@ -14,7 +14,13 @@ from collections.abc import Callable, Iterable
 from celery import Celery, chord, group
 from celery.canvas import Signature, _chain
 
-from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, NODE_TASK_PREFIX
+from orchestrator.constants import (
+    FINALIZE_TASK,
+    HARD_LIMIT_GRACE_S,
+    JOIN_TASK,
+    NODE_TASK_PREFIX,
+    SOFT_LIMIT_GRACE_S,
+)
 from orchestrator.spec import NodeSpec, WorkflowSpec
 
 Graph = dict[str, set[str]]  # node id -> ids it waits for
@@ -24,7 +30,13 @@ def node_signature(app: Celery, run_id: str, node: NodeSpec) -> Signature:
     """The task message for one node: `workers.<type>`, with the node's own spec."""
     options: dict[str, float] = {}
     if node.timeout_s:
-        options = {"soft_time_limit": node.timeout_s, "time_limit": node.timeout_s + 10}
+        # The node's own deadline is `timeout_s`; the soft limit comes a little later, so a
+        # node that honours its deadline records its failure before the limit can interrupt
+        # the recording, and only a node that ignores it is stopped by the limit.
+        options = {
+            "soft_time_limit": node.timeout_s + SOFT_LIMIT_GRACE_S,
+            "time_limit": node.timeout_s + HARD_LIMIT_GRACE_S,
+        }
     return app.signature(
         NODE_TASK_PREFIX + node.type,
         kwargs={"run_id": run_id, "node": node.model_dump(mode="json", exclude_defaults=True)},

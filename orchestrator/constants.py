@@ -28,3 +28,8 @@ ENTRY_POINT_GROUP: Final = "orchestrator.node_types"
 # The longest countdown any task may ask for: far below the broker's visibility timeout
 # (celeryconfig.py), past which Redis redelivers a held message to a second worker.
 MAX_COUNTDOWN_S: Final = 600.0
+
+# Past a node's `timeout_s` (its own deadline): when Celery's soft time limit interrupts a
+# node that ignores its deadline, and when the hard limit kills the process.
+SOFT_LIMIT_GRACE_S: Final = 1.0
+HARD_LIMIT_GRACE_S: Final = 10.0

@@ -90,7 +90,7 @@ def test_every_node_is_one_immutable_message_named_after_its_type(app: Orchestra
         "run_id": "run1",
         "node": {"id": "a", "type": "sleep", "params": {"seconds": 1}, "timeout_s": 5.0},
     }
-    assert first.options["soft_time_limit"] == 5.0
+    assert first.options["soft_time_limit"] == 6.0  # timeout_s 5 + a second for the node's own deadline
 
 
 def test_a_line_of_three_thousand_nodes_compiles_flat_without_recursion(app: OrchestratorApp) -> None:

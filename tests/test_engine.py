@@ -184,7 +184,7 @@ def test_node_past_its_timeout_fails(orch: Orchestrator) -> None:
     result = run(
         orch, workflow("Slow", {"id": "nap", "type": "sleep", "params": {"seconds": 30}, "timeout_s": 0.5})
     )
-    assert result.status == "failed"
+    assert result.status == "failed", result.error
     assert "timed out" in (result.nodes["nap"].error or "")
     assert result.nodes["nap"].duration_s is not None and result.nodes["nap"].duration_s < 10
 
