@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from celery.beat import Scheduler
 from croniter import croniter  # type: ignore[import-untyped]
@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 
 from orchestrator.errors import ConfigurationError, OrchestratorError
 from orchestrator.launcher import launch_run
-from orchestrator.spec import WorkflowSpec
+from orchestrator.spec import WorkflowSpec, check_cron, check_timezone
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
@@ -70,22 +70,12 @@ class WorkflowSchedule(BaseModel):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        if len(value.split()) not in (5, 6) or not croniter.is_valid(value):
-            raise ValueError(f"cron {value!r} is not a valid cron expression (5 fields, or 6 with seconds)")
-        try:
-            croniter(value, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
-        except Exception as exc:  # croniter's CroniterBadDateError and kin
-            raise ValueError(f"cron {value!r} never fires (e.g. the 30th of February)") from exc
-        return value
+        return check_cron(value, fields=(5, 6))
 
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"timezone {value!r} is not an IANA time zone (e.g. Europe/Berlin)") from exc
-        return value
+        return check_timezone(value)
 
     @field_validator("updated_at")
     @classmethod

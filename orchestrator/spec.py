@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
@@ -45,26 +47,47 @@ class ScheduleSpec(BaseModel):
     @field_validator("cron")
     @classmethod
     def _five_fields(cls, value: str) -> str:
-        from croniter import croniter  # type: ignore[import-untyped]
-
-        if len(value.split()) != 5:
-            raise ValueError(f"cron {value!r} must have 5 fields: minute hour day-of-month month day-of-week")
-        if not croniter.is_valid(value):
-            raise ValueError(f"cron {value!r} is not a valid cron expression")
-        return value
+        return check_cron(value)
 
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        return check_timezone(value)
 
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown timezone {value!r} (an IANA name such as 'Europe/Warsaw' or 'UTC')"
-            ) from None
-        return value
+
+def check_cron(value: str, fields: tuple[int, ...] = (5,)) -> str:
+    """`value` if it is a cron expression that fires; else a `ValueError` saying what is wrong.
+
+    Args:
+        fields: the field counts allowed: 5 in workflow files (minute hour day-of-month
+            month day-of-week); beat also takes 6, seconds last.
+    """
+    from croniter import croniter  # type: ignore[import-untyped]
+
+    if len(value.split()) not in fields:
+        counts = " or ".join(str(n) for n in fields)
+        raise ValueError(
+            f"cron {value!r} is not a valid cron expression: it must have {counts} fields "
+            "(minute hour day-of-month month day-of-week" + (", second)" if 6 in fields else ")")
+        )
+    if not croniter.is_valid(value):
+        raise ValueError(f"cron {value!r} is not a valid cron expression")
+    try:
+        croniter(value, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except Exception as exc:  # croniter's CroniterBadDateError and kin
+        raise ValueError(f"cron {value!r} never fires (e.g. the 30th of February)") from exc
+    return value
+
+
+def check_timezone(value: str) -> str:
+    """`value` if it names an IANA time zone; else a `ValueError` with an example."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown timezone {value!r}: not an IANA time zone (such as 'Europe/Warsaw' or 'UTC')"
+        ) from None
+    return value
 
 
 class NodeSpec(BaseModel):

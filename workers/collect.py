@@ -37,9 +37,12 @@ def resume(wait: Mapping[str, Any], context: NodeContext, timed_out: bool) -> di
     """`{runs: [...], finished, failed, pending}` once every run is over, or at the timeout."""
     run_ids: list[str | None] = wait["data"]["run_ids"]
     wanted = [run_id for run_id in run_ids if run_id]
-    docs = {d["_id"]: d for d in context.store.runs.find({"_id": {"$in": wanted}})}
-    if not timed_out and any(docs.get(run_id, {}).get("status") not in RUN_OVER for run_id in wanted):
-        return None
+    query = {"_id": {"$in": wanted}}
+    if not timed_out:  # while waiting, read only the statuses
+        status = {d["_id"]: d["status"] for d in context.store.runs.find(query, {"status": 1})}
+        if any(status.get(run_id) not in RUN_OVER for run_id in wanted):
+            return None
+    docs = {d["_id"]: d for d in context.store.runs.find(query)}
     runs = [_line(run_id, docs.get(run_id) if run_id else None) for run_id in run_ids]
     counts = {key: sum(1 for r in runs if r["status"] == key) for key in ("finished", "failed")}
     return {"runs": runs, **counts, "pending": sum(1 for r in runs if r["status"] in ("pending", "running"))}

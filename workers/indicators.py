@@ -220,8 +220,8 @@ def summarize(
         "interval": interval,
         "count": len(table),
         "datetime": iso_datetimes(table["datetime"].iloc[-1:])[0],
-        "close": _num(last["close"]),
-        "previous_close": _num(previous["close"]),
+        "close": json_number(last["close"]),
+        "previous_close": json_number(previous["close"]),
         "indicators": values,
         "warnings": warnings,
     }
@@ -234,33 +234,40 @@ def _latest(
     name: IndicatorName, last: pd.Series, previous: pd.Series, s: IndicatorSettings
 ) -> dict[str, Any]:
     if name == "rsi":
-        return {"period": s.rsi_period, "value": _num(last["rsi"]), "previous": _num(previous["rsi"])}
+        return {
+            "period": s.rsi_period,
+            "value": json_number(last["rsi"]),
+            "previous": json_number(previous["rsi"]),
+        }
     if name == "macd":
         return {
             "periods": [s.macd_fast, s.macd_slow, s.macd_signal],
-            "macd": _num(last["macd"]),
-            "signal": _num(last["macd_signal"]),
-            "histogram": _num(last["macd_hist"]),
-            "previous_histogram": _num(last["macd_hist_prev"]),
+            "macd": json_number(last["macd"]),
+            "signal": json_number(last["macd_signal"]),
+            "histogram": json_number(last["macd_hist"]),
+            "previous_histogram": json_number(last["macd_hist_prev"]),
         }
     if name == "bollinger":
         return {
             "period": s.bb_period,
             "std": s.bb_std,
-            **{k: _num(last[f"bb_{k}"]) for k in ("upper", "middle", "lower", "percent_b", "bandwidth")},
+            **{
+                k: json_number(last[f"bb_{k}"])
+                for k in ("upper", "middle", "lower", "percent_b", "bandwidth")
+            },
         }
     if name == "ichimoku":
-        out = {k: _num(last[f"ichimoku_{k}"]) for k in ("conversion", "base", "span_a", "span_b")}
-        top, bottom = _num(last["cloud_top"]), _num(last["cloud_bottom"])
+        out = {k: json_number(last[f"ichimoku_{k}"]) for k in ("conversion", "base", "span_a", "span_b")}
+        top, bottom = json_number(last["cloud_top"]), json_number(last["cloud_bottom"])
         return {
             "periods": [s.ichimoku_conversion, s.ichimoku_base, s.ichimoku_span_b],
             **out,
             "cloud_top": top,
             "cloud_bottom": bottom,
-            "price_vs_cloud": _versus_cloud(_num(last["close"]), top, bottom),
+            "price_vs_cloud": _versus_cloud(json_number(last["close"]), top, bottom),
         }
     periods = s.sma_periods if name == "sma" else s.ema_periods
-    return {str(p): _num(last[f"{name}_{p}"]) for p in periods}
+    return {str(p): json_number(last[f"{name}_{p}"]) for p in periods}
 
 
 def _versus_cloud(close: float | None, top: float | None, bottom: float | None) -> str | None:
@@ -302,7 +309,7 @@ def _series(table: pd.DataFrame, names: list[IndicatorName], s: IndicatorSetting
     return out
 
 
-def _num(value: Any) -> float | None:
+def json_number(value: Any) -> float | None:
     """A float, or None for NaN (JSON has no NaN)."""
     number = float(value)
     return None if np.isnan(number) else number

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.errors import NodeError
 from orchestrator.registry import NodeContext, NodeType
+from workers.indicators import json_number
 
 Rule = Literal["rsi", "macd_cross", "bollinger", "ichimoku"]
 DEFAULT_RULES: tuple[Rule, ...] = ("rsi", "macd_cross", "bollinger")
@@ -164,7 +165,7 @@ def signal_for(symbol: str, output: Mapping[str, Any], params: RuleParams) -> di
         "confidence": float(decision["confidence"]),
         "reasons": reasons,
         "votes": {rule: _vote_name(votes[rule].iloc[0]) for rule in params.rules},
-        "close": _num(values["close"]),
+        "close": json_number(values["close"]),
         "datetime": output.get("datetime"),
     }
 
@@ -197,11 +198,6 @@ def _vote_name(vote: float) -> str | None:
     if np.isnan(vote):
         return None
     return "buy" if vote > 0 else "sell" if vote < 0 else "neutral"
-
-
-def _num(value: Any) -> float | None:
-    number = float(value)
-    return None if np.isnan(number) else number
 
 
 node_type = NodeType(
