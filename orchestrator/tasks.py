@@ -40,6 +40,7 @@ class NodeTask(Task):  # type: ignore[misc]
 
     max_retries = None
     acks_late = True
+    ignore_result = True  # the run document is the record: no Celery result to store per node
     typing = False
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
@@ -54,13 +55,13 @@ def register_tasks(app: OrchestratorApp) -> None:
     for node_type in app.registry.types.values():
         _register_node_task(app, node_type)
 
-    @app.task(name=FINALIZE_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name=FINALIZE_TASK, bind=True, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def finalize_run(
         self: Task, run_id: str, output: Any = None, final_nodes: list[str] | None = None
     ) -> str | None:
         return end_run(self.app, run_id, output, final_nodes or [])
 
-    @app.task(name=JOIN_TASK, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name=JOIN_TASK, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def join() -> None:
         """A no-op step that closes a fan-out inside a larger fan-in."""
 
