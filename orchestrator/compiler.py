@@ -46,19 +46,41 @@ def node_signature(app: Celery, run_id: str, node: NodeSpec) -> Signature:
 
 
 def compile_workflow(app: Celery, spec: WorkflowSpec, run_id: str) -> Signature:
-    """The whole run as one canvas: every node, then the step that ends the run."""
+    """The whole run as one canvas: every node, and the step that ends the run.
+
+    That step is the task of the run's last node when the run ends with one node, so a
+    run costs no task beyond its nodes; after parallel work it is a finalize task.
+    """
     nodes = {node.id: node for node in spec.nodes}
     graph: Graph = {node.id: set(node.dependency_ids()) for node in spec.nodes}
+    sources = [node_id for node_id, deps in graph.items() if not deps]
 
     def leaf(node_id: str) -> Signature:
-        return node_signature(app, run_id, nodes[node_id])
+        sig = node_signature(app, run_id, nodes[node_id])
+        if sources == [node_id]:  # the only source: its start is the run's start
+            sig.kwargs["first"] = True
+        return sig
 
     body = compile_graph(graph, leaf, lambda: app.signature(JOIN_TASK, immutable=True))
-    final = {"run_id": run_id, "output": spec.output, "final_nodes": [n.id for n in spec.final_nodes()]}
-    finalize = app.signature(FINALIZE_TASK, kwargs=final, immutable=True)
+    final = {"output": spec.output, "final_nodes": [n.id for n in spec.final_nodes()]}
     # Engine faults are recorded by the node task's on_failure, not by an errback: an errback
     # would be copied into every message of the chain.
-    return then(body, finalize)
+    last = last_node(body)
+    if last is not None:  # the run ends with one node: that node's task ends the run too
+        last.kwargs["final"] = final
+        return body
+    return then(body, app.signature(FINALIZE_TASK, kwargs={"run_id": run_id, **final}, immutable=True))
+
+
+def last_node(sig: Signature) -> Signature | None:
+    """The node signature a canvas ends with, or None when it ends with parallel work."""
+    if isinstance(sig, chord):
+        return last_node(sig.body)
+    if isinstance(sig, group):
+        return None
+    if isinstance(sig, _chain):
+        return last_node(sig.tasks[-1])
+    return sig if sig.task.startswith(NODE_TASK_PREFIX) else None
 
 
 def compile_graph(graph: Graph, leaf: Callable[[str], Signature], join: Callable[[], Signature]) -> Signature:

@@ -163,22 +163,30 @@ class RunStore:
 
     # -- nodes ----------------------------------------------------------------------------
 
-    def start_node(self, run_id: str, node_id: str, attempt: int) -> Document | None:
+    def start_node(self, run_id: str, node_id: str, attempt: int, first: bool = False) -> Document | None:
         """Mark a node `running` if the run is active and the node pending or running (a redelivery).
+
+        Args:
+            first: the node is the run's only source, so its start is the run's start: the
+                run's `started_at` is stamped in the same update (one round trip, not two).
 
         Returns:
             The run document as it was before (other nodes' outputs included), or None when
             the run is over or the node already finished or waits (a redelivered message).
         """
         state = {"status": "running", "attempts": attempt, "started_at": utcnow()}
+        startable = {"_id": run_id, f"nodes.{node_id}.status": {"$in": list(NODE_STARTABLE)}}
+        update: Document = {"$set": {"status": "running", f"nodes.{node_id}": state}}
+        if first:
+            before = self.runs.find_one_and_update(
+                {**startable, "status": "pending"},
+                {**update, "$currentDate": {"started_at": True}},
+                return_document=ReturnDocument.BEFORE,
+            )
+            if before is not None:
+                return before
         before = self.runs.find_one_and_update(
-            {
-                "_id": run_id,
-                "status": {"$in": list(RUN_ACTIVE)},
-                f"nodes.{node_id}.status": {"$in": list(NODE_STARTABLE)},
-            },
-            {"$set": {"status": "running", f"nodes.{node_id}": state}},
-            return_document=ReturnDocument.BEFORE,
+            {**startable, "status": {"$in": list(RUN_ACTIVE)}}, update, return_document=ReturnDocument.BEFORE
         )
         if before is not None and before.get("status") == "pending":
             self.runs.update_one({"_id": run_id, "started_at": None}, {"$currentDate": {"started_at": True}})

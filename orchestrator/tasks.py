@@ -1,9 +1,10 @@
 """The Celery tasks that run nodes, end runs and record engine faults.
 
 A node task never raises for a node's own failure: it records the failure in the run
-document and returns, so chains and chords go on and the final step decides the run's
-status. Retries (`retry:` in the node spec) use `self.retry`, which keeps the node's place
-in its chain or chord. Every state change goes through the store's compare-and-set, so a
+document and returns, so chains and chords go on and the run's last step decides its
+status: the task of the run's last node, or a finalize task after parallel work.
+Retries (`retry:` in the node spec) use `self.retry`, which keeps the node's place in its
+chain or chord. Every state change goes through the store's compare-and-set, so a
 redelivered message finds its node over and only lets the canvas go on.
 """
 
@@ -73,17 +74,35 @@ def register_tasks(app: OrchestratorApp) -> None:
 
 def _register_node_task(app: OrchestratorApp, node_type: NodeType[Any]) -> None:
     @app.task(name=NODE_TASK_PREFIX + node_type.name, base=NodeTask, bind=True, shared=False)  # type: ignore[untyped-decorator]
-    def node_task(self: NodeTask, run_id: str, node: dict[str, Any], token: str | None = None) -> None:
-        run_node(self, node_type, run_id, NodeSpec.model_validate(node), token)
+    def node_task(
+        self: NodeTask,
+        run_id: str,
+        node: dict[str, Any],
+        token: str | None = None,
+        final: dict[str, Any] | None = None,
+        first: bool = False,
+    ) -> None:
+        run_node(self, node_type, run_id, NodeSpec.model_validate(node), token, first)
+        if final is not None:  # the run's last node: this message goes on to end the run
+            end_run(self.app, run_id, final.get("output"), final.get("final_nodes") or [])
 
 
 def run_node(
-    task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSpec, token: str | None
+    task: NodeTask,
+    node_type: NodeType[Any],
+    run_id: str,
+    spec: NodeSpec,
+    token: str | None,
+    first: bool = False,
 ) -> None:
-    """Run one node of a run, once: start it, check its dependencies, render, call, record."""
+    """Run one node of a run, once: start it, check its dependencies, render, call, record.
+
+    Returns when the node is over and this message may let the canvas go on; raises
+    `Retry` while the node retries or waits, and `Ignore` when another message goes on.
+    """
     store = task.app.store
     attempt = task.request.retries + 1
-    before = store.start_node(run_id, spec.id, attempt)
+    before = store.start_node(run_id, spec.id, attempt, first=first)
     if before is None:
         return _not_started(task, node_type, run_id, spec, token)
     skip_reason = dependency_verdict(spec, before.get("nodes", {}))

@@ -31,7 +31,8 @@ def shape(sig: Signature) -> Any:
         return "END"
     if sig.task == "orchestrator.join":
         return "JOIN"
-    return sig.kwargs["node"]["id"]
+    node_id: str = sig.kwargs["node"]["id"]
+    return f"{node_id}+END" if "final" in sig.kwargs else node_id
 
 
 def compiled(app: OrchestratorApp, edges: dict[str, list[str]]) -> Any:
@@ -42,7 +43,7 @@ def compiled(app: OrchestratorApp, edges: dict[str, list[str]]) -> Any:
 
 
 def test_straight_line_is_one_flat_chain(app: OrchestratorApp) -> None:
-    assert compiled(app, {"a": [], "b": ["a"], "c": ["b"]}) == ("chain", ("a", "b", "c", "END"))
+    assert compiled(app, {"a": [], "b": ["a"], "c": ["b"]}) == ("chain", ("a", "b", "c+END"))
 
 
 def test_independent_nodes_are_a_group_joined_by_the_end(app: OrchestratorApp) -> None:
@@ -52,14 +53,14 @@ def test_independent_nodes_are_a_group_joined_by_the_end(app: OrchestratorApp) -
 def test_fan_out_then_fan_in_is_a_chain_with_a_chord(app: OrchestratorApp) -> None:
     assert compiled(app, {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}) == (
         "chain",
-        ("a", ("chord", ("b", "c"), ("chain", ("d", "END")))),
+        ("a", ("chord", ("b", "c"), "d+END")),
     )
 
 
 def test_branches_of_different_length_stay_independent(app: OrchestratorApp) -> None:
     assert compiled(app, {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": ["c", "d"]}) == (
         "chain",
-        ("a", ("chord", (("chain", ("b", "c")), "d"), ("chain", ("e", "END")))),
+        ("a", ("chord", (("chain", ("b", "c")), "d"), "e+END")),
     )
 
 
@@ -69,7 +70,7 @@ def test_fan_out_inside_a_fan_in_is_closed_by_a_join(app: OrchestratorApp) -> No
     assert result == (
         "chord",
         ("w", ("chain", ("x", ("chord", ("y", "z"), "JOIN")))),
-        ("chain", ("t", "END")),
+        "t+END",
     )
 
 
@@ -83,12 +84,13 @@ def test_every_node_is_one_immutable_message_named_after_its_type(app: Orchestra
     spec = parse_workflow(
         {"name": "W", "nodes": [{"id": "a", "type": "sleep", "params": {"seconds": 1}, "timeout_s": 5}]}
     )
-    canvas = compile_workflow(app, spec, "run1")
-    first = canvas.tasks[0]
+    first = compile_workflow(app, spec, "run1")
     assert first.task == "workers.sleep" and first.immutable
     assert first.kwargs == {
         "run_id": "run1",
         "node": {"id": "a", "type": "sleep", "params": {"seconds": 1}, "timeout_s": 5.0},
+        "first": True,  # the only source: its start stamps the run's start
+        "final": {"output": None, "final_nodes": ["a"]},  # the only node also ends the run
     }
     assert first.options["soft_time_limit"] == 6.0  # timeout_s 5 + a second for the node's own deadline
 
@@ -96,7 +98,7 @@ def test_every_node_is_one_immutable_message_named_after_its_type(app: Orchestra
 def test_a_line_of_three_thousand_nodes_compiles_flat_without_recursion(app: OrchestratorApp) -> None:
     ids = [f"n{i}" for i in range(3000)]
     shape_ = compiled(app, {n: ([ids[i - 1]] if i else []) for i, n in enumerate(ids)})
-    assert shape_ == ("chain", (*ids, "END"))
+    assert shape_ == ("chain", (*ids[:-1], "n2999+END"))
 
 
 def test_a_line_that_fans_out_keeps_the_line_then_the_group(app: OrchestratorApp) -> None:

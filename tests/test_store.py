@@ -88,6 +88,19 @@ def test_first_node_start_sets_the_run_running_with_a_start_time(store: RunStore
     assert isinstance(run.nodes["a"].started_at, datetime)
 
 
+def test_the_only_source_starts_the_run_in_one_update_and_a_redelivery_keeps_its_time(
+    store: RunStore,
+) -> None:
+    run_id = new_run(store)
+    before = store.start_node(run_id, "a", 1, first=True)
+    assert before is not None and before["status"] == "pending"
+    started = store.get_run(run_id).started_at
+    assert store.get_run(run_id).status == "running" and isinstance(started, datetime)
+    again = store.start_node(run_id, "a", 2, first=True)  # a redelivery, the run already running
+    assert again is not None and again["status"] == "running"
+    assert store.get_run(run_id).started_at == started
+
+
 def test_output_that_would_pass_the_size_limit_is_refused(store: RunStore) -> None:
     small = RunStore(store.db, max_run_doc_bytes=16 * 1024)
     run_id = new_run(small)
