@@ -213,6 +213,30 @@ class RunStore:
         Raises:
             DocumentTooLarge: the output would make the run document too large.
         """
+        self._check_size(node_id, state, doc_size)
+        result = self.runs.update_one(
+            self._ending(run_id, node_id, from_statuses), {"$set": {f"nodes.{node_id}": state}}
+        )
+        return result.modified_count == 1
+
+    def end_last_node(self, run_id: str, node_id: str, state: Document, doc_size: int = 0) -> Document | None:
+        """`end_node` for a run's last node: the run document after, to end the run without a read.
+
+        Returns:
+            The document with the node's state recorded, or None when the node was over already.
+        """
+        self._check_size(node_id, state, doc_size)
+        return self.runs.find_one_and_update(
+            self._ending(run_id, node_id, ("running", "waiting", "pending")),
+            {"$set": {f"nodes.{node_id}": state}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    @staticmethod
+    def _ending(run_id: str, node_id: str, from_statuses: Iterable[str]) -> Document:
+        return {"_id": run_id, f"nodes.{node_id}.status": {"$in": list(from_statuses)}}
+
+    def _check_size(self, node_id: str, state: Document, doc_size: int) -> None:
         if doc_size and state.get("output") is not None:
             added = len(bson.encode({"o": state["output"]}))
             if doc_size + added > self.max_run_doc_bytes:
@@ -221,11 +245,6 @@ class RunStore:
                     f"the {self.max_run_doc_bytes / 1024:.0f} KiB limit (ORCH_MAX_RUN_DOC_BYTES). "
                     "Store large data elsewhere and pass an identifier."
                 )
-        result = self.runs.update_one(
-            {"_id": run_id, f"nodes.{node_id}.status": {"$in": list(from_statuses)}},
-            {"$set": {f"nodes.{node_id}": state}},
-        )
-        return result.modified_count == 1
 
     def set_node_state(self, run_id: str, node_id: str, state: Document, expected: Iterable[str]) -> bool:
         """Compare-and-set a node's sub-document; True when the node was in `expected`."""

@@ -31,6 +31,7 @@ from orchestrator.waiting import after_claim, begin_wait, poll, sweep_waits, wak
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
+    from orchestrator.store import RunStore
 
 logger = logging.getLogger("orchestrator.tasks")
 _JSON = TypeAdapter(JsonValue)
@@ -82,9 +83,10 @@ def _register_node_task(app: OrchestratorApp, node_type: NodeType[Any]) -> None:
         final: dict[str, Any] | None = None,
         first: bool = False,
     ) -> None:
-        run_node(self, node_type, run_id, NodeSpec.model_validate(node), token, first)
+        spec = NodeSpec.model_validate(node)
+        doc = run_node(self, node_type, run_id, spec, token, first=first, last=final is not None)
         if final is not None:  # the run's last node: this message goes on to end the run
-            end_run(self.app, run_id, final.get("output"), final.get("final_nodes") or [])
+            end_run(self.app, run_id, final.get("output"), final.get("final_nodes") or [], doc)
 
 
 def run_node(
@@ -94,30 +96,43 @@ def run_node(
     spec: NodeSpec,
     token: str | None,
     first: bool = False,
-) -> None:
+    last: bool = False,
+) -> dict[str, Any] | None:
     """Run one node of a run, once: start it, check its dependencies, render, call, record.
 
-    Returns when the node is over and this message may let the canvas go on; raises
+    Args:
+        first: the node is the run's only source (its start starts the run).
+        last: the node is the run's last (the caller ends the run next).
+
+    Returns when the node is over and this message may let the canvas go on, with the run
+    document after the node's end when `last` and this call recorded it (else None); raises
     `Retry` while the node retries or waits, and `Ignore` when another message goes on.
     """
-    store = task.app.store
+    store: RunStore = task.app.store
     attempt = task.request.retries + 1
     before = store.start_node(run_id, spec.id, attempt, first=first)
     if before is None:
-        return _not_started(task, node_type, run_id, spec, token)
+        _not_started(task, node_type, run_id, spec, token)
+        return None
+
+    def record(state: dict[str, Any], doc_size: int = 0) -> dict[str, Any] | None:
+        if last:
+            return store.end_last_node(run_id, spec.id, state, doc_size)
+        store.end_node(run_id, spec.id, state, doc_size)
+        return None
+
     skip_reason = dependency_verdict(spec, before.get("nodes", {}))
     if skip_reason:
-        store.end_node(run_id, spec.id, node_state(status="skipped", error=skip_reason))
-        return None
+        return record(node_state(status="skipped", error=skip_reason))
     started = utcnow()
     context = _context(task, spec, before, attempt)
     try:
         output = _call(node_type, spec, context)
         if not isinstance(output, Wait):
             state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
-            store.end_node(run_id, spec.id, state, doc_size=len(bson.encode(before)))
+            return record(state, doc_size=len(bson.encode(before)))
     except DocumentTooLarge as exc:
-        store.end_node(run_id, spec.id, _failure(exc, attempt, started, with_traceback=False))
+        return record(_failure(exc, attempt, started, with_traceback=False))
     except Exception as exc:
         if spec.retry and attempt < spec.retry.max_attempts:
             delay = min(spec.retry.delay_before(attempt + 1), MAX_COUNTDOWN_S)
@@ -127,10 +142,8 @@ def run_node(
             retrying = _failure(exc, attempt, started) | {"status": "running", "finished_at": None}
             store.set_node_state(run_id, spec.id, retrying, ["running"])
             raise task.retry(countdown=delay, exc=exc) from exc
-        store.end_node(run_id, spec.id, _failure(exc, attempt, started))
-    else:
-        if isinstance(output, Wait):
-            begin_wait(task, node_type, spec, context, output)
+        return record(_failure(exc, attempt, started))
+    begin_wait(task, node_type, spec, context, output)
     return None
 
 
@@ -218,10 +231,20 @@ def record_engine_fault(app: OrchestratorApp, run_id: str, task_name: str, exc: 
         wake_parent(app, ended)
 
 
-def end_run(app: OrchestratorApp, run_id: str, output: Any, final_nodes: list[str]) -> str | None:
-    """The run's last step: decide its status and results from its nodes, once."""
+def end_run(
+    app: OrchestratorApp,
+    run_id: str,
+    output: Any,
+    final_nodes: list[str],
+    doc: dict[str, Any] | None = None,
+) -> str | None:
+    """The run's last step: decide its status and results from its nodes, once.
+
+    Args:
+        doc: the run document as the last node's end left it (read here when not given).
+    """
     store = app.store
-    doc = store.get_run_document(run_id)
+    doc = doc or store.get_run_document(run_id)
     if doc["status"] not in ("pending", "running"):
         return None
     status, results, error = decide_outcome(doc, output, final_nodes)
