@@ -57,10 +57,15 @@ from orchestrator.embedded import (
     start_redis,
     stop_process,
 )
-from orchestrator.models import Run
+from orchestrator.models import Run, new_run_document
 from orchestrator.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: `bench` is not an installed package
+    sys.path.insert(0, str(REPO))
+
+from bench.store_floor import node_start_end_s, ratio_floor  # noqa: E402
+
 QUEUE_ENV = "BENCH_QUEUE"  # read by bench/bench_app.py
 NOOP_TASK = "bench.noop"
 POLL_S = 0.002  # how often the chain's last result is looked for
@@ -262,7 +267,22 @@ def _median_ms(values: list[float]) -> str:
     return _ms(statistics.median(values))
 
 
-def report(raw: list[Sample], flow: list[Sample], steps: int) -> None:
+def store_time_per_node(orch: Orchestrator, name: str) -> float:
+    """MongoDB's own median time for one node's start and end, averaged over the run's growth:
+    on a new run's document (every node pending) and on a finished one (every output in)."""
+    finished = orch.store.runs.find_one({"workflow": name, "status": "finished"})
+    if finished is None:
+        raise RuntimeError(f"no finished run of {name} to measure the store on")
+    node_ids = sorted(finished["nodes"])
+    middle = node_ids[len(node_ids) // 2]
+    fresh = new_run_document(
+        run_id="fresh", workflow=name, node_ids=node_ids, variables={}, trigger={"type": "api"}
+    ) | {"status": "running"}
+    runs = orch.store.runs
+    return (node_start_end_s(runs, fresh, middle) + node_start_end_s(runs, finished, middle)) / 2
+
+
+def report(raw: list[Sample], flow: list[Sample], steps: int, store_s: float) -> None:
     """Print the table: per-step time of the chain, per-node time of the workflow, ratio."""
     print(f"\n{'':26}{'total ms':>10}{'per step ms':>13}{'min':>9}{'max':>9}   (medians of {len(raw)} runs)")
     for label, samples in (("raw Celery chain (noop)", raw), ("workflow (set nodes)", flow)):
@@ -284,6 +304,9 @@ def report(raw: list[Sample], flow: list[Sample], steps: int) -> None:
     )
     print(f"  inside a node (its own timestamps):    {_median_ms([s.in_node_s for s in flow])} ms")
     print(f"  from a node's end to the next's start: {_median_ms([s.between_s for s in flow])} ms")
+    raw_step = statistics.median(s.total_s for s in raw) / steps
+    print(f"  MongoDB's own time per node (start + end, one at a time): {_ms(store_s)} ms; with it alone "
+          f"the ratio cannot go below {ratio_floor(store_s, raw_step):.2f} on this store")  # fmt: skip
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -329,7 +352,7 @@ def run_benchmark(args: argparse.Namespace, home: Path) -> None:
                 for _ in range(args.repeat):
                     raw.append(time_chain(app, args.nodes, args.timeout))
                     flow.append(time_workflow(orch, name, args.timeout))
-            report(raw, flow, args.nodes)
+            report(raw, flow, args.nodes, store_time_per_node(orch, name))
         finally:
             orch.store.runs.delete_many({"workflow": name})
             orch.store.delete_workflow(name)

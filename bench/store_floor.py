@@ -1,0 +1,79 @@
+"""How much of a benchmark's time the MongoDB server needs on its own.
+
+Every node costs its run document a start (`find_one_and_update`, returning the document) and
+an end (`update_one`); a child run also costs an insert, a workflow read and the ends of the
+child's own run. This module times those operations, one at a time, on copies of documents the
+benchmark itself made, so a benchmark can print the server's share beside its result: the
+time the store alone needs, and the lowest ratio to raw Celery that this store allows.
+
+nx-27017 serves operations one after another (its throughput stays ~1,000 operations/s on a
+100-node document whether one, two or four clients send them), and its cost per operation
+grows with the document's size, so the sum of the operations' times is a floor for the wall
+time on that server. On a real MongoDB the same operations take a fraction of a millisecond.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.collection import Collection
+
+Document = dict[str, Any]
+
+
+def median_s(operation: Callable[[], object], repeat: int = 25) -> float:
+    """The median seconds one call of `operation` takes."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        operation()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def node_start_end_s(runs: Collection[Document], doc: Document, node_id: str) -> float:
+    """Median seconds of one node's start plus its end on a copy of the run document `doc`.
+
+    The copy is written back unchanged each time (the node's own state), so its size stays
+    the size measured; the copy is removed after.
+    """
+    copy_id = f"store-floor-{uuid.uuid4().hex}"
+    runs.insert_one({**doc, "_id": copy_id})
+    state = doc["nodes"][node_id]
+    where = {"_id": copy_id, f"nodes.{node_id}.status": state["status"]}
+    try:
+        start = median_s(
+            lambda: runs.find_one_and_update(
+                where,
+                {"$set": {"status": doc["status"], f"nodes.{node_id}": state}},
+                return_document=ReturnDocument.BEFORE,
+            )
+        )
+        end = median_s(lambda: runs.update_one(where, {"$set": {f"nodes.{node_id}": state}}))
+    finally:
+        runs.delete_one({"_id": copy_id})
+    return start + end
+
+
+def insert_s(runs: Collection[Document], doc: Document) -> float:
+    """Median seconds to insert a document like `doc` (a new run's document)."""
+    ids: list[str] = []
+
+    def insert() -> None:
+        ids.append(f"store-floor-{uuid.uuid4().hex}")
+        runs.insert_one({**doc, "_id": ids[-1]})
+
+    try:
+        return median_s(insert)
+    finally:
+        runs.delete_many({"_id": {"$in": ids}})
+
+
+def ratio_floor(store_s: float, raw_s: float) -> float:
+    """The lowest engine / raw ratio the store allows: raw Celery's time plus the store's."""
+    return (raw_s + store_s) / raw_s
