@@ -57,14 +57,14 @@ from orchestrator.embedded import (
     start_redis,
     stop_process,
 )
-from orchestrator.models import Run, new_run_document
+from orchestrator.models import Run
 from orchestrator.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: `bench` is not an installed package
     sys.path.insert(0, str(REPO))
 
-from bench.store_floor import node_start_end_s, ratio_floor  # noqa: E402
+from bench.store_floor import node_start_end_over_growth_s, ratio_floor  # noqa: E402
 
 QUEUE_ENV = "BENCH_QUEUE"  # read by bench/bench_app.py
 NOOP_TASK = "bench.noop"
@@ -268,18 +268,11 @@ def _median_ms(values: list[float]) -> str:
 
 
 def store_time_per_node(orch: Orchestrator, name: str) -> float:
-    """MongoDB's own median time for one node's start and end, averaged over the run's growth:
-    on a new run's document (every node pending) and on a finished one (every output in)."""
+    """MongoDB's own median time for one node's start and end, over the run document's growth."""
     finished = orch.store.runs.find_one({"workflow": name, "status": "finished"})
     if finished is None:
         raise RuntimeError(f"no finished run of {name} to measure the store on")
-    node_ids = sorted(finished["nodes"])
-    middle = node_ids[len(node_ids) // 2]
-    fresh = new_run_document(
-        run_id="fresh", workflow=name, node_ids=node_ids, variables={}, trigger={"type": "api"}
-    ) | {"status": "running"}
-    runs = orch.store.runs
-    return (node_start_end_s(runs, fresh, middle) + node_start_end_s(runs, finished, middle)) / 2
+    return node_start_end_over_growth_s(orch.store.runs, finished)
 
 
 def report(raw: list[Sample], flow: list[Sample], steps: int, store_s: float) -> None:

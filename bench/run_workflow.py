@@ -70,12 +70,18 @@ from bench.engine import (  # noqa: E402
     services,
     worker,
 )
-from bench.store_floor import insert_s, median_s, node_start_end_s, ratio_floor  # noqa: E402
+from bench.store_floor import (  # noqa: E402
+    insert_s,
+    median_s,
+    node_start_end_over_growth_s,
+    node_start_end_s,
+    ratio_floor,
+)
 from orchestrator.api import Orchestrator  # noqa: E402
 from orchestrator.app import OrchestratorApp, create_app  # noqa: E402
 from orchestrator.child_runs import child_run_id  # noqa: E402
 from orchestrator.constants import RUN_OVER  # noqa: E402
-from orchestrator.models import Run, new_run_document  # noqa: E402
+from orchestrator.models import Run  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 STAMP_TASK = "bench.stamp"
@@ -354,13 +360,8 @@ def store_time_per_child(orch: Orchestrator, parent_id: str, target: str) -> flo
     """
     runs = orch.store.runs
     parent = orch.store.get_run_document(parent_id)
-    node_ids = sorted(parent["nodes"])
-    middle = node_ids[len(node_ids) // 2]
-    fresh = new_run_document(
-        run_id="fresh", workflow=parent["workflow"], node_ids=node_ids, variables={}, trigger={"type": "api"}
-    ) | {"status": "running"}
-    parent_s = (node_start_end_s(runs, fresh, middle) + node_start_end_s(runs, parent, middle)) / 2
-    child = orch.store.get_run_document(child_run_id(parent_id, middle))
+    parent_s = node_start_end_over_growth_s(runs, parent)
+    child = orch.store.get_run_document(child_run_id(parent_id, next(iter(parent["nodes"]))))
     child_node = next(iter(child["nodes"]))
     child_s = node_start_end_s(runs, child, child_node) * 3 / 2  # three operations like a start
     workflow_s = median_s(lambda: orch.store.workflows.find_one({"_id": target}))

@@ -23,6 +23,8 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
+from orchestrator.models import new_run_document
+
 Document = dict[str, Any]
 
 
@@ -58,6 +60,21 @@ def node_start_end_s(runs: Collection[Document], doc: Document, node_id: str) ->
     finally:
         runs.delete_one({"_id": copy_id})
     return start + end
+
+
+def node_start_end_over_growth_s(runs: Collection[Document], finished: Document) -> float:
+    """A node's start plus end, averaged over a run document's growth: timed on a new run's
+    document (every node pending) and on `finished` (every output in), at its middle node."""
+    node_ids = sorted(finished["nodes"])
+    middle = node_ids[len(node_ids) // 2]
+    fresh = new_run_document(
+        run_id="fresh",
+        workflow=finished["workflow"],
+        node_ids=node_ids,
+        variables={},
+        trigger={"type": "api"},
+    ) | {"status": "running"}
+    return (node_start_end_s(runs, fresh, middle) + node_start_end_s(runs, finished, middle)) / 2
 
 
 def insert_s(runs: Collection[Document], doc: Document) -> float:
