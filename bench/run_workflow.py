@@ -73,8 +73,8 @@ from bench.engine import (  # noqa: E402
 from bench.store_floor import (  # noqa: E402
     insert_s,
     median_s,
+    node_start_and_end_s,
     node_start_end_over_growth_s,
-    node_start_end_s,
     ratio_floor,
 )
 from orchestrator.api import Orchestrator  # noqa: E402
@@ -363,7 +363,8 @@ def store_time_per_child(orch: Orchestrator, parent_id: str, target: str) -> flo
     parent_s = node_start_end_over_growth_s(runs, parent)
     child = orch.store.get_run_document(child_run_id(parent_id, next(iter(parent["nodes"]))))
     child_node = next(iter(child["nodes"]))
-    child_s = node_start_end_s(runs, child, child_node) * 3 / 2  # three operations like a start
+    child_start_s, _ = node_start_and_end_s(runs, child, child_node)
+    child_s = 3 * child_start_s  # start, end and run end: each a find_one_and_update
     workflow_s = median_s(lambda: orch.store.workflows.find_one({"_id": target}))
     return parent_s + workflow_s + insert_s(runs, child) + child_s
 

@@ -38,8 +38,9 @@ def median_s(operation: Callable[[], object], repeat: int = 25) -> float:
     return statistics.median(times)
 
 
-def node_start_end_s(runs: Collection[Document], doc: Document, node_id: str) -> float:
-    """Median seconds of one node's start plus its end on a copy of the run document `doc`.
+def node_start_and_end_s(runs: Collection[Document], doc: Document, node_id: str) -> tuple[float, float]:
+    """Median seconds of one node's start (returning the document) and of its end, on a copy
+    of the run document `doc`.
 
     The copy is written back unchanged each time (the node's own state), so its size stays
     the size measured; the copy is removed after.
@@ -59,7 +60,7 @@ def node_start_end_s(runs: Collection[Document], doc: Document, node_id: str) ->
         end = median_s(lambda: runs.update_one(where, {"$set": {f"nodes.{node_id}": state}}))
     finally:
         runs.delete_one({"_id": copy_id})
-    return start + end
+    return start, end
 
 
 def node_start_end_over_growth_s(runs: Collection[Document], finished: Document) -> float:
@@ -74,7 +75,9 @@ def node_start_end_over_growth_s(runs: Collection[Document], finished: Document)
         variables={},
         trigger={"type": "api"},
     ) | {"status": "running"}
-    return (node_start_end_s(runs, fresh, middle) + node_start_end_s(runs, finished, middle)) / 2
+    return (
+        sum(node_start_and_end_s(runs, fresh, middle)) + sum(node_start_and_end_s(runs, finished, middle))
+    ) / 2
 
 
 def insert_s(runs: Collection[Document], doc: Document) -> float:

@@ -17,6 +17,8 @@ NODE_OVER: Final[tuple[NodeStatus, ...]] = ("finished", "failed", "skipped")
 # A node message may (re)start its node only from these: a `waiting` node is continued by
 # polls and wake-ups, never started again.
 NODE_STARTABLE: Final[tuple[NodeStatus, ...]] = ("pending", "running")
+# A node may be ended (finished, failed, skipped) only from these, once.
+NODE_ENDABLE: Final[tuple[NodeStatus, ...]] = ("running", "waiting", "pending")
 
 NODE_TASK_PREFIX: Final = "workers."
 FINALIZE_TASK: Final = "orchestrator.finalize_run"

@@ -18,7 +18,15 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from orchestrator.constants import NODE_STARTABLE, RUN_ACTIVE, RUN_OVER, RUNS, WORKFLOWS, RunStatus
+from orchestrator.constants import (
+    NODE_ENDABLE,
+    NODE_STARTABLE,
+    RUN_ACTIVE,
+    RUN_OVER,
+    RUNS,
+    WORKFLOWS,
+    RunStatus,
+)
 from orchestrator.errors import DocumentTooLarge, RunNotFound, StoreError, WorkflowNotFound
 from orchestrator.models import Run, utcnow
 from orchestrator.spec import WorkflowSpec
@@ -198,7 +206,7 @@ class RunStore:
         node_id: str,
         state: Document,
         doc_size: int = 0,
-        from_statuses: Iterable[str] = ("running", "waiting", "pending"),
+        from_statuses: Iterable[str] = NODE_ENDABLE,
     ) -> bool:
         """Record a node's final state (`finished`, `failed` or `skipped`), once.
 
@@ -227,7 +235,7 @@ class RunStore:
         """
         self._check_size(node_id, state, doc_size)
         return self.runs.find_one_and_update(
-            self._ending(run_id, node_id, ("running", "waiting", "pending")),
+            self._ending(run_id, node_id, NODE_ENDABLE),
             {"$set": {f"nodes.{node_id}": state}},
             return_document=ReturnDocument.AFTER,
         )
