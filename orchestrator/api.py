@@ -11,9 +11,9 @@ from orchestrator.app import OrchestratorApp, create_app
 from orchestrator.errors import WaitTimeout
 from orchestrator.launcher import launch_run
 from orchestrator.models import Run
+from orchestrator.run_ends import RunEndListener, tell_waiters
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec, load_workflow_file, parse_workflow
-from orchestrator.waiting import wake_parent
 
 
 class Orchestrator:
@@ -68,26 +68,37 @@ class Orchestrator:
         return run_id
 
     def wait(
-        self, run_id: str, timeout: float | None = None, on_progress: Callable[[Run], None] | None = None
+        self,
+        run_id: str,
+        timeout: float | None = None,
+        on_progress: Callable[[Run], None] | None = None,
+        poll_s: float = 1.0,
     ) -> Run:
-        """Watch the run document until the run is over; `WaitTimeout` when `timeout` passes first.
+        """Watch the run until it is over; `WaitTimeout` when `timeout` passes first.
+
+        The run's end is announced on Redis, so this returns within milliseconds of it, not
+        at the next poll; the document is still read every `poll_s` seconds, for progress
+        and in case a notice is lost.
 
         Args:
             on_progress: called with the run each time it is read (for progress displays).
+            poll_s: seconds between reads of the run document while no notice comes.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            run = self.store.get_run(run_id)
-            if on_progress is not None:
-                on_progress(run)
-            if run.is_over:
-                return run
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(run_id, timeout or 0, run.status)
-            pause = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
-            time.sleep(pause)
-            delay = min(delay * 1.5, 0.05)
+        with RunEndListener(self.app.backend.client, run_id) as listener:  # before the first read
+            while True:
+                run = self.store.get_run(run_id)
+                if on_progress is not None:
+                    on_progress(run)
+                if run.is_over:
+                    return run
+                pause = poll_s
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise WaitTimeout(run_id, timeout or 0, run.status)
+                    pause = min(pause, remaining)
+                listener.wait_for_notice(pause)
 
     def run(self, name: str, variables: Mapping[str, Any] | None = None, timeout: float | None = None) -> Run:
         """Trigger a run and wait for it."""
@@ -118,7 +129,7 @@ class Orchestrator:
         """
         cancelled = self.store.cancel_run(run_id, cascade=cascade)
         for cancelled_id in cancelled:
-            wake_parent(self.app, self.store.get_run_document(cancelled_id))
+            tell_waiters(self.app, self.store.get_run_document(cancelled_id))
         return cancelled
 
     def close(self) -> None:

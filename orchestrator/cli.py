@@ -31,6 +31,7 @@ from orchestrator.errors import (
 from orchestrator.models import Run
 
 BAD_INPUT = (WorkflowValidationError, WorkflowNotFound, RunNotFound, TemplateError)
+PROGRESS_POLL_S = 0.5  # how often `run --wait` refreshes its progress line
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -177,9 +178,16 @@ def run_command(
 def wait_with_progress(orch: Orchestrator, run_id: str, timeout: float | None, show: bool) -> Run:
     """Wait for a run, with a one-line progress display on stderr."""
     if not show or not err.is_terminal:
-        return orch.wait(run_id, timeout=timeout, on_progress=_plain_progress() if show else None)
+        return orch.wait(
+            run_id, timeout=timeout, on_progress=_plain_progress() if show else None, poll_s=PROGRESS_POLL_S
+        )
     with err.status(f"run {run_id} pending") as status:
-        return orch.wait(run_id, timeout=timeout, on_progress=lambda run: status.update(progress_line(run)))
+        return orch.wait(
+            run_id,
+            timeout=timeout,
+            on_progress=lambda run: status.update(progress_line(run)),
+            poll_s=PROGRESS_POLL_S,
+        )
 
 
 def _plain_progress() -> Callable[[Run], None]:

@@ -25,9 +25,10 @@ from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, Templa
 from orchestrator.models import node_state, utcnow
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
 from orchestrator.registry import NodeContext, NodeType, Wait
+from orchestrator.run_ends import tell_waiters
 from orchestrator.spec import NodeSpec
 from orchestrator.templating import build_scope, render
-from orchestrator.waiting import after_claim, begin_wait, poll, sweep_waits, wake_parent
+from orchestrator.waiting import after_claim, begin_wait, poll, sweep_waits
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
@@ -223,12 +224,12 @@ def _failure(
 
 
 def record_engine_fault(app: OrchestratorApp, run_id: str, task_name: str, exc: BaseException) -> None:
-    """End a run as `error` after an engine fault, and wake a parent waiting for it."""
+    """End a run as `error` after an engine fault, and tell whoever waits for it."""
     message = f"engine fault in task {task_name}: {type(exc).__name__}: {exc}"
     logger.error("run %s: %s", run_id, message)
     ended = app.store.end_run(run_id, "error", error=message)
     if ended is not None:
-        wake_parent(app, ended)
+        tell_waiters(app, ended)
 
 
 def end_run(
@@ -251,5 +252,5 @@ def end_run(
     ended = store.end_run(run_id, status, results=results, error=error)
     if ended is None:
         return None
-    wake_parent(app, ended)
+    tell_waiters(app, ended)
     return status
