@@ -31,6 +31,10 @@ ENTRY_POINT_GROUP: Final = "orchestrator.node_types"
 # (celeryconfig.py), past which Redis redelivers a held message to a second worker.
 MAX_COUNTDOWN_S: Final = 600.0
 
+# How long a run may stay `pending` and never sent before its creator is taken for dead and
+# another caller (the sweeper, or a start with the same run id) sends its canvas.
+DISPATCH_GRACE_S: Final = 30.0
+
 # Past a node's `timeout_s` (its own deadline): when Celery's soft time limit interrupts a
 # node that ignores its deadline, and when the hard limit kills the process.
 SOFT_LIMIT_GRACE_S: Final = 1.0

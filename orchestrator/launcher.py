@@ -1,21 +1,30 @@
-"""Starting a run: its document first (the source of truth), then its canvas on the broker."""
+"""Starting a run: its document first (the source of truth), then its canvas on the broker,
+then `dispatched_at` in the document. A run left `pending` without `dispatched_at` (its
+creator stopped between the insert and the send) is sent again by the next start with the
+same run id, or by the sweeper (`relaunch_undispatched`, every 30 s under `orchestrator beat`).
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery.canvas import Signature
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from orchestrator.compiler import compile_workflow
-from orchestrator.errors import OrchestratorError
-from orchestrator.models import new_run_document, new_run_id
+from orchestrator.constants import DISPATCH_GRACE_S
+from orchestrator.errors import OrchestratorError, WorkflowNotFound
+from orchestrator.models import aware, new_run_document, new_run_id, utcnow
+from orchestrator.run_ends import tell_waiters
 from orchestrator.spec import WorkflowSpec
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
 
+logger = logging.getLogger("orchestrator.launcher")
 _VARIABLES = TypeAdapter(dict[str, JsonValue])
 
 
@@ -48,12 +57,17 @@ def prepare_run(
     trigger: dict[str, Any] | None = None,
     run_id: str | None = None,
     lineage: Lineage | None = None,
+    resend_after_s: float = DISPATCH_GRACE_S,
 ) -> tuple[str, Signature | None]:
     """Create the run document and return the canvas to send, once per run id.
 
+    The caller sends the canvas, then records it (`RunStore.mark_dispatched`). A run with
+    that id that exists, is `resend_after_s` old and was never sent (its creator stopped
+    between the insert and the send) is sent again, by one caller only.
+
     Returns:
-        The run id, and its canvas, or None when a run with that id existed already (its
-        canvas was sent by whoever created it).
+        The run id, and its canvas, or None when a run with that id exists (sent, or
+        too young for its creator to be given up on).
     """
     run_id = run_id or new_run_id()
     doc = new_run_document(
@@ -68,8 +82,30 @@ def prepare_run(
         depth=lineage.depth if lineage else 0,
     )
     canvas = compile_workflow(app, spec, run_id)  # before the insert: a bad graph leaves no document
-    _, created = app.store.create_run(doc)
-    return run_id, canvas if created else None
+    stored, created = app.store.create_run(doc)
+    if created:
+        return run_id, canvas
+    if _abandoned(stored, resend_after_s) and _same_nodes(stored, spec) and app.store.claim_dispatch(run_id):
+        logger.warning("run %s of '%s' was never sent to a worker; sending it now", run_id, spec.name)
+        return run_id, canvas
+    return run_id, None
+
+
+def _abandoned(stored: dict[str, Any], after_s: float) -> bool:
+    """Whether a run is `pending`, never sent, and older than `after_s`: its creator is gone.
+
+    A document without `dispatched_at` predates its recording: whether it was sent is unknown.
+    """
+    return (
+        stored.get("status") == "pending"
+        and "dispatched_at" in stored
+        and stored["dispatched_at"] is None
+        and aware(stored["created_at"]) < utcnow() - timedelta(seconds=after_s)
+    )
+
+
+def _same_nodes(stored: dict[str, Any], spec: WorkflowSpec) -> bool:
+    return set(stored.get("nodes", {})) == {node.id for node in spec.nodes}
 
 
 def launch_run(
@@ -79,13 +115,54 @@ def launch_run(
     trigger: dict[str, Any] | None = None,
     run_id: str | None = None,
     lineage: Lineage | None = None,
+    resend_after_s: float = DISPATCH_GRACE_S,
 ) -> tuple[str, bool]:
-    """Create the run document and send the run's canvas, once per run id.
+    """Create the run document and send the run's canvas, once per run id (see `prepare_run`).
 
     Returns:
-        The run id, and False when a run with that id existed already (nothing was sent).
+        The run id, and whether this call sent the canvas.
     """
-    run_id, canvas = prepare_run(app, spec, variables, trigger, run_id, lineage)
+    run_id, canvas = prepare_run(app, spec, variables, trigger, run_id, lineage, resend_after_s)
     if canvas is not None:
         canvas.apply_async()
+        app.store.mark_dispatched([run_id])
     return run_id, canvas is not None
+
+
+def relaunch_undispatched(app: OrchestratorApp, grace_s: float = DISPATCH_GRACE_S) -> list[str]:
+    """Send the canvas of runs still `pending` and never sent `grace_s` after their creation;
+    end as `error` those whose workflow is gone or has other nodes now.
+
+    Returns:
+        The ids of the runs sent again.
+    """
+    sent = []
+    for doc in app.store.undispatched_runs():
+        run_id, name = doc["_id"], doc["workflow"]
+        if not _abandoned(doc, grace_s):
+            continue
+        try:
+            spec = app.store.get_workflow(name)
+        except WorkflowNotFound:
+            _give_up(app, run_id, f"workflow '{name}' was removed before this run could be sent to a worker")
+            continue
+        if not _same_nodes(doc, spec):
+            _give_up(
+                app,
+                run_id,
+                f"workflow '{name}' changed its nodes before this run could be sent to a worker; "
+                "trigger it again",
+            )
+            continue
+        if app.store.claim_dispatch(run_id):
+            logger.warning("run %s of '%s' was never sent to a worker; sending it now", run_id, name)
+            compile_workflow(app, spec, run_id).apply_async()
+            sent.append(run_id)
+    return sent
+
+
+def _give_up(app: OrchestratorApp, run_id: str, message: str) -> None:
+    logger.error("run %s: %s", run_id, message)
+    ended = app.store.end_run(run_id, "error", error=message, from_statuses=("pending",))
+    if ended is not None:
+        tell_waiters(app, ended)

@@ -73,6 +73,7 @@ class Run(BaseModel):
     results: JsonValue = None
     error: str | None = None
     created_at: datetime
+    dispatched_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     children: list[Run] = Field(default_factory=list, exclude=True)
@@ -125,6 +126,7 @@ def new_run_document(
         "results": None,
         "error": None,
         "created_at": utcnow(),
+        "dispatched_at": None,  # set once the run's canvas is on the broker
         "started_at": None,
         "finished_at": None,
     }

@@ -169,6 +169,24 @@ class RunStore:
             yield child
             yield from self.descendants(child.id)
 
+    def mark_dispatched(self, run_ids: Iterable[str]) -> None:
+        """Record that the canvases of these runs are on the broker (`dispatched_at`)."""
+        self.runs.update_many(
+            {"_id": {"$in": list(run_ids)}, "dispatched_at": None}, {"$currentDate": {"dispatched_at": True}}
+        )
+
+    def undispatched_runs(self) -> list[Document]:
+        """Pending runs whose canvas was never recorded as sent."""
+        return list(self.runs.find({"status": "pending", "dispatched_at": None}))
+
+    def claim_dispatch(self, run_id: str) -> bool:
+        """Take the sending of a canvas its creator never recorded: True for one caller only."""
+        claimed = self.runs.update_one(
+            {"_id": run_id, "status": "pending", "dispatched_at": None},
+            {"$currentDate": {"dispatched_at": True}},
+        )
+        return claimed.modified_count == 1
+
     # -- nodes ----------------------------------------------------------------------------
 
     def start_node(self, run_id: str, node_id: str, attempt: int, first: bool = False) -> Document | None:

@@ -22,6 +22,7 @@ from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, MAX_COUNTDOWN_S, NODE_TASK_PREFIX, SWEEP_TASK
 from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, TemplateError
+from orchestrator.launcher import relaunch_undispatched
 from orchestrator.models import node_state, utcnow
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
 from orchestrator.registry import NodeContext, NodeType, Wait
@@ -70,8 +71,9 @@ def register_tasks(app: OrchestratorApp) -> None:
 
     @app.task(name=SWEEP_TASK, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def sweep(grace_s: float = 30.0) -> list[str]:
-        """Re-send waiting nodes whose poll message was lost (run every 30 s by `orchestrator beat`)."""
-        return sweep_waits(app, grace_s)
+        """Re-send what a killed process lost (run every 30 s by `orchestrator beat`): the
+        polls of waiting nodes, and the canvases of runs that never reached the broker."""
+        return sweep_waits(app, grace_s) + relaunch_undispatched(app, grace_s)
 
 
 def _register_node_task(app: OrchestratorApp, node_type: NodeType[Any]) -> None:

@@ -310,7 +310,11 @@ def test_two_beats_fire_each_slot_once(orch: Orchestrator, beats: list[BeatProce
         logs = "\n".join(beat.text() for beat in beats)
         return [run_id for run_id in ids if f"already fired (run {run_id})" in logs]
 
-    wait_for(lambda: len(raced()) >= 3, 10, "both beats to try the same slots")
+    def logged() -> bool:  # a beat logs "fired" after the send: it may come after the other's line
+        logs = "\n".join(beat.text() for beat in beats)
+        return all(f"fired as run {run_id}" in logs for run_id in ids)
+
+    wait_for(lambda: len(raced()) >= 3 and logged(), 10, "both beats to try the same slots")
     logs = "\n".join(beat.text() for beat in beats)
     assert all(logs.count(f"fired as run {run_id}") == 1 for run_id in ids), logs[-3000:]
     for run_id in ids:

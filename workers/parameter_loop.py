@@ -102,7 +102,7 @@ def _launch(context: NodeContext, specs: list[WorkflowSpec], values: list[Any], 
         root_run_id=str(context.run.get("root_run_id") or context.run_id),
         depth=int(context.run.get("depth", 0)) + 1,
     )
-    canvases = []
+    canvases, run_ids = [], []
     for index in indexes:
         trigger = {
             "type": "run_workflow",
@@ -118,8 +118,10 @@ def _launch(context: NodeContext, specs: list[WorkflowSpec], values: list[Any], 
             raise NodeError(f"node '{context.node_id}': iteration {index} could not start: {exc}") from exc
         if canvas is not None:
             canvases.append(canvas)
+            run_ids.append(run_id)
     if canvases:
         group(canvases).apply_async()
+        context.store.mark_dispatched(run_ids)
 
 
 def run(params: ParameterLoopParams, context: NodeContext) -> list[dict[str, Any]] | Wait:

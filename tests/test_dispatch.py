@@ -1,0 +1,76 @@
+"""A run whose creator stopped between the insert and the send is not left `pending` forever."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import Orchestrator
+from orchestrator.launcher import launch_run, prepare_run, relaunch_undispatched
+from orchestrator.spec import WorkflowSpec
+from tests.conftest import workflow
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def counted(orch: Orchestrator, name: str, node_id: str = "c") -> WorkflowSpec:
+    return orch.register(workflow(name, {"id": node_id, "type": "count", "params": {"key": name}}))
+
+
+def count(orch: Orchestrator, name: str) -> int:
+    doc = orch.store.db["test_counts"].find_one({"_id": name})
+    return int(doc["n"]) if doc else 0
+
+
+def test_a_started_run_records_when_its_canvas_reached_the_broker(orch: Orchestrator) -> None:
+    counted(orch, "Sent")
+    run = orch.run("Sent", timeout=30)
+    assert run.status == "finished"
+    assert run.dispatched_at is not None and run.created_at <= run.dispatched_at
+
+
+def test_the_next_start_with_the_same_id_sends_a_run_that_was_never_sent(orch: Orchestrator) -> None:
+    spec = counted(orch, "Lost Send")
+    run_id, canvas = prepare_run(orch.app, spec, run_id="lost-send-1")  # ...and the creator stops here
+    assert canvas is not None and orch.get_run(run_id).dispatched_at is None
+    # while its creator may still be sending it, a second start leaves it alone (two beats, say)
+    assert launch_run(orch.app, spec, run_id=run_id) == (run_id, False)
+
+    assert launch_run(orch.app, spec, run_id=run_id, resend_after_s=0) == (run_id, True)
+    run = orch.wait(run_id, timeout=30)
+    assert run.status == "finished" and run.dispatched_at is not None
+
+    assert launch_run(orch.app, spec, run_id=run_id, resend_after_s=0) == (run_id, False)  # sent: never again
+    assert count(orch, "Lost Send") == 1
+
+
+def test_the_sweeper_sends_a_run_never_sent_once_its_grace_has_passed(orch: Orchestrator) -> None:
+    spec = counted(orch, "Swept")
+    run_id, _ = prepare_run(orch.app, spec)
+    assert relaunch_undispatched(orch.app, grace_s=600) == []  # it may still be on its way
+    assert relaunch_undispatched(orch.app, grace_s=0) == [run_id]
+    assert orch.wait(run_id, timeout=30).status == "finished"
+    assert relaunch_undispatched(orch.app, grace_s=0) == []
+    assert count(orch, "Swept") == 1
+
+
+def test_the_sweeper_ends_as_error_a_run_whose_workflow_went_away(orch: Orchestrator) -> None:
+    run_id, _ = prepare_run(orch.app, counted(orch, "Gone"))
+    orch.store.delete_workflow("Gone")
+    assert relaunch_undispatched(orch.app, grace_s=0) == []
+    run = orch.get_run(run_id)
+    assert run.status == "error" and "workflow 'Gone' was removed" in (run.error or "")
+
+
+def test_the_sweeper_ends_as_error_a_run_whose_workflow_has_other_nodes_now(orch: Orchestrator) -> None:
+    run_id, _ = prepare_run(orch.app, counted(orch, "Changed", node_id="old"))
+    counted(orch, "Changed", node_id="new")
+    assert relaunch_undispatched(orch.app, grace_s=0) == []
+    run = orch.get_run(run_id)
+    assert run.status == "error" and "changed its nodes" in (run.error or "")
+    assert count(orch, "Changed") == 0
+
+
+def test_one_caller_only_takes_the_sending_of_an_unsent_run(orch: Orchestrator) -> None:
+    run_id, _ = prepare_run(orch.app, counted(orch, "Claimed"))
+    assert [orch.store.claim_dispatch(run_id) for _ in range(2)] == [True, False]
+    assert relaunch_undispatched(orch.app, grace_s=0) == []
