@@ -10,6 +10,7 @@ which is correct but may start some nodes later than strictly needed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from celery import Celery, chord, group
 from celery.canvas import Signature, _chain
@@ -28,15 +29,15 @@ Graph = dict[str, set[str]]  # node id -> ids it waits for
 
 def node_signature(app: Celery, run_id: str, node: NodeSpec) -> Signature:
     """The task message for one node: `workers.<type>`, with the node's own spec."""
-    options: dict[str, float] = {}
+    # What Flower and the worker's log show for the message: the run and the node, not the
+    # node's whole spec (which would also travel twice in each message, as kwargs and as repr).
+    options: dict[str, Any] = {"kwargsrepr": f"run {run_id}, node {node.id!r}"}
     if node.timeout_s:
         # The node's own deadline is `timeout_s`; the soft limit comes a little later, so a
         # node that honours its deadline records its failure before the limit can interrupt
         # the recording, and only a node that ignores it is stopped by the limit.
-        options = {
-            "soft_time_limit": node.timeout_s + SOFT_LIMIT_GRACE_S,
-            "time_limit": node.timeout_s + HARD_LIMIT_GRACE_S,
-        }
+        options["soft_time_limit"] = node.timeout_s + SOFT_LIMIT_GRACE_S
+        options["time_limit"] = node.timeout_s + HARD_LIMIT_GRACE_S
     return app.signature(
         NODE_TASK_PREFIX + node.type,
         kwargs={"run_id": run_id, "node": node.model_dump(mode="json", exclude_defaults=True)},

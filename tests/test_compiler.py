@@ -93,6 +93,7 @@ def test_every_node_is_one_immutable_message_named_after_its_type(app: Orchestra
         "final": {"output": None, "final_nodes": ["a"]},  # the only node also ends the run
     }
     assert first.options["soft_time_limit"] == 6.0  # timeout_s 5 + a second for the node's own deadline
+    assert first.options["kwargsrepr"] == "run run1, node 'a'"  # what Flower shows, not the whole spec
 
 
 def test_a_line_of_three_thousand_nodes_compiles_flat_without_recursion(app: OrchestratorApp) -> None:
