@@ -245,16 +245,32 @@ class RunStore:
         )
         return result.modified_count == 1
 
-    def end_last_node(self, run_id: str, node_id: str, state: Document, doc_size: int = 0) -> Document | None:
-        """`end_node` for a run's last node: the run document after, to end the run without a read.
+    def end_last_node(
+        self,
+        run_id: str,
+        node_id: str,
+        state: Document,
+        status: RunStatus,
+        results: Any = None,
+        error: str | None = None,
+        doc_size: int = 0,
+    ) -> Document | None:
+        """Record a run's last node and end the run, in one update, once.
 
         Returns:
-            The document with the node's state recorded, or None when the node was over already.
+            The document after, or None when the node was over already or the run was
+            (cancelled meanwhile, say): nothing was written then.
+
+        Raises:
+            DocumentTooLarge: the output would make the run document too large.
         """
         self._check_size(node_id, state, doc_size)
         return self.runs.find_one_and_update(
-            self._ending(run_id, node_id, NODE_ENDABLE),
-            {"$set": {f"nodes.{node_id}": state}},
+            {**self._ending(run_id, node_id, NODE_ENDABLE), "status": {"$in": list(RUN_ACTIVE)}},
+            {
+                "$set": {f"nodes.{node_id}": state, "status": status, "results": results, "error": error},
+                "$currentDate": {"finished_at": True},
+            },
             return_document=ReturnDocument.AFTER,
         )
 

@@ -87,9 +87,9 @@ def _register_node_task(app: OrchestratorApp, node_type: NodeType[Any]) -> None:
         first: bool = False,
     ) -> None:
         spec = NodeSpec.model_validate(node)
-        doc = run_node(self, node_type, run_id, spec, token, first=first, last=final is not None)
-        if final is not None:  # the run's last node: this message goes on to end the run
-            end_run(self.app, run_id, final.get("output"), final.get("final_nodes") or [], doc)
+        ended = run_node(self, node_type, run_id, spec, token, first=first, final=final)
+        if final is not None and not ended:  # a wait or a redelivery ended the node: end the run now
+            end_run(self.app, run_id, final.get("output"), final.get("final_nodes") or [])
 
 
 def run_node(
@@ -99,30 +99,33 @@ def run_node(
     spec: NodeSpec,
     token: str | None,
     first: bool = False,
-    last: bool = False,
-) -> dict[str, Any] | None:
+    final: dict[str, Any] | None = None,
+) -> bool:
     """Run one node of a run, once: start it, check its dependencies, render, call, record.
 
     Args:
         first: the node is the run's only source (its start starts the run).
-        last: the node is the run's last (the caller ends the run next).
+        final: the node is the run's last: the run's `output` and final nodes, to end the
+            run in the same update that records the node's end.
 
-    Returns when the node is over and this message may let the canvas go on, with the run
-    document after the node's end when `last` and this call recorded it (else None); raises
-    `Retry` while the node retries or waits, and `Ignore` when another message goes on.
+    Returns when the node is over and this message may let the canvas go on: True when
+    this call also ended the run; raises `Retry` while the node retries or waits, and
+    `Ignore` when another message goes on.
     """
     store: RunStore = task.app.store
     attempt = task.request.retries + 1
     before = store.start_node(run_id, spec.id, attempt, first=first)
     if before is None:
         _not_started(task, node_type, run_id, spec, token)
-        return None
+        return False
 
-    def record(state: dict[str, Any], doc_size: int = 0) -> dict[str, Any] | None:
-        if last:
-            return store.end_last_node(run_id, spec.id, state, doc_size)
-        store.end_node(run_id, spec.id, state, doc_size)
-        return None
+    def record(state: dict[str, Any], doc_size: int = 0) -> bool:
+        if final is not None:
+            ended = _end_node_and_run(task.app, before, spec.id, state, final, doc_size)
+            if ended:
+                return True
+        store.end_node(run_id, spec.id, state, doc_size)  # not the last, or the run is over (cancelled)
+        return False
 
     skip_reason = dependency_verdict(spec, before.get("nodes", {}))
     if skip_reason:
@@ -147,7 +150,33 @@ def run_node(
             raise task.retry(countdown=delay, exc=exc) from exc
         return record(_failure(exc, attempt, started))
     begin_wait(task, node_type, spec, context, output)
-    return None
+    return False
+
+
+def _end_node_and_run(
+    app: OrchestratorApp,
+    before: dict[str, Any],
+    node_id: str,
+    state: dict[str, Any],
+    final: dict[str, Any],
+    doc_size: int,
+) -> bool:
+    """Record the run's last node and end the run in one update; True when this call did.
+
+    Every other node ended before the last one started (the canvas ends with it), so the
+    document read at its start, with its own state, decides the run's outcome.
+    """
+    nodes = {**before.get("nodes", {}), node_id: state}
+    status, results, error = decide_outcome(
+        {**before, "nodes": nodes}, final.get("output"), final.get("final_nodes") or []
+    )
+    ended = app.store.end_last_node(
+        before["_id"], node_id, state, status, results=results, error=error, doc_size=doc_size
+    )
+    if ended is None:
+        return False
+    tell_waiters(app, ended)
+    return True
 
 
 def _not_started(
@@ -239,15 +268,11 @@ def end_run(
     run_id: str,
     output: Any,
     final_nodes: list[str],
-    doc: dict[str, Any] | None = None,
 ) -> str | None:
-    """The run's last step: decide its status and results from its nodes, once.
-
-    Args:
-        doc: the run document as the last node's end left it (read here when not given).
-    """
+    """The run's last step after parallel work, or after a last node that another message
+    ended: decide its status and results from its nodes, once."""
     store = app.store
-    doc = doc or store.get_run_document(run_id)
+    doc = store.get_run_document(run_id)
     if doc["status"] not in ("pending", "running"):
         return None
     status, results, error = decide_outcome(doc, output, final_nodes)

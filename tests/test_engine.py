@@ -236,6 +236,18 @@ def test_cancelled_run_starts_no_more_nodes(orch: Orchestrator) -> None:
     assert orch.store.db["test_counts"].find_one({"_id": "cancelled-second"}) is None
 
 
+def test_a_last_node_running_when_its_run_is_cancelled_records_its_end_and_the_run_stays_cancelled(
+    orch: Orchestrator,
+) -> None:
+    orch.register(workflow("Cancel Last", {"id": "only", "type": "sleep", "params": {"seconds": 1}}))
+    run_id = orch.trigger("Cancel Last")
+    wait_for(lambda: orch.get_run(run_id).nodes["only"].status == "running", what="the node running")
+    assert orch.cancel(run_id) == [run_id]
+    wait_for(lambda: orch.get_run(run_id).nodes["only"].status == "finished", what="the node's end")
+    cancelled = orch.get_run(run_id)
+    assert cancelled.status == "cancelled" and cancelled.results is None
+
+
 def test_run_document_follows_the_contract(orch: Orchestrator) -> None:
     result = run(
         orch,
