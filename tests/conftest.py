@@ -14,17 +14,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
 
 from orchestrator import Orchestrator
 from orchestrator.embedded import start_mongo, start_redis, stop_process
+from orchestrator.models import Run
 from orchestrator.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = "tests.plugins"
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +131,7 @@ def clean_store(request: pytest.FixtureRequest) -> None:
         orch.store.db["test_counts"].delete_many({})
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+def wait_for(check: Callable[[], T | None], timeout: float = 20, what: str = "condition") -> T:
     """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -142,3 +145,26 @@ def wait_for(check: Callable[[], Any], timeout: float = 20, what: str = "conditi
 def workflow(name: str, *nodes: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A workflow definition as a dict."""
     return {"name": name, "nodes": list(nodes), **extra}
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """`value` (a run's results, a node's output) as a JSON object; fails the test if it is not one."""
+    assert isinstance(value, dict), f"expected an object, got {value!r}"
+    return value
+
+
+def as_list(value: object) -> list[Any]:
+    """`value` (a run's results, a node's output) as a JSON list; fails the test if it is not one."""
+    assert isinstance(value, list), f"expected a list, got {value!r}"
+    return value
+
+
+def output_of(run: Run, node_id: str) -> dict[str, Any]:
+    """The output of node `node_id` of `run`, a JSON object; fails the test if it is not one."""
+    return as_dict(run.nodes[node_id].output)
+
+
+def not_none(value: T | None) -> T:
+    """`value` (a timestamp of a run, a document found); fails the test if it is None."""
+    assert value is not None, "expected a value, got None"
+    return value

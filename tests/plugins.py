@@ -52,6 +52,7 @@ def count(params: CountParams, context: NodeContext) -> int:
     doc = context.store.db["test_counts"].find_one_and_update(
         {"_id": params.key}, {"$inc": {"n": 1}}, upsert=True, return_document=True
     )
+    assert doc is not None  # an upsert returning the document after the update
     return int(doc["n"])
 
 

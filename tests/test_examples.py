@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.user_lists import UserLists
-from tests.conftest import ROOT
+from tests.conftest import ROOT, as_dict, output_of
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -45,9 +45,9 @@ def test_sequential_pipeline_passes_each_result_on_then_notifies(examples: Orche
 
 def test_fan_out_starts_three_children_with_their_symbols(examples: Orchestrator) -> None:
     run = examples.run("Fan Out Prices", timeout=60)
-    assert {run.nodes[n].output["status"] for n in ("btc", "eth", "spy")} == {"triggered"}  # type: ignore[index,call-overload]
+    assert {output_of(run, n)["status"] for n in ("btc", "eth", "spy")} == {"triggered"}
     children = [examples.wait(c.id, timeout=30) for c in examples.list_runs(parent=run.id)]
-    assert sorted(c.results["symbol"] for c in children) == ["BTC", "ETH", "SPY"]  # type: ignore[index]
+    assert sorted(as_dict(c.results)["symbol"] for c in children) == ["BTC", "ETH", "SPY"]
 
 
 def test_accumulator_merges_two_waits_then_analyses(examples: Orchestrator) -> None:
@@ -59,7 +59,7 @@ def test_error_handling_branches_on_the_failed_child_and_logs_it(examples: Orche
     UserLists(examples.store.db).clear("errors")
     run = examples.run("Error Handling", timeout=60)
     assert run.status == "finished"
-    assert run.nodes["fetch"].output["targetStatus"] == "failed"  # type: ignore[index,call-overload]
+    assert output_of(run, "fetch")["targetStatus"] == "failed"
     assert (run.nodes["use"].status, run.nodes["log"].status) == ("skipped", "finished")
     (logged,) = UserLists(examples.store.db).read("errors")
     assert logged["source"] == "Unreliable Source" and "quote source unavailable" in logged["error"]
@@ -86,7 +86,7 @@ def test_volatility_router_takes_one_branch(
 ) -> None:
     run = examples.run("Volatility Router", {"volatility": volatility}, timeout=60)
     assert (run.nodes[taken].status, run.nodes[skipped].status) == ("finished", "skipped")
-    assert run.status == "finished" and run.results["skipped"] == [skipped]  # type: ignore[index,call-overload]
+    assert run.status == "finished" and as_dict(run.results)["skipped"] == [skipped]
 
 
 def test_parameter_sweep_ranks_the_backtests(examples: Orchestrator) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.errors import NodeError
-from tests.conftest import workflow
+from tests.conftest import as_dict, workflow
 from tests.test_market_data import node_context, settings_with
 from workers import indicators
 from workers.indicators import IndicatorsParams, wilder_rsi
@@ -141,7 +141,7 @@ def test_worker_computes_indicators_from_market_data(orch: Orchestrator) -> None
     orch.register(spec)
     run = orch.run("Indicators", timeout=60)
     assert run.status == "finished", run.error
-    out = run.results
+    out = as_dict(run.results)
     assert out["symbol"] == "ACME" and out["interval"] == "1day" and out["count"] == 120
     assert out["datetime"] == "2024-12-31" and out["warnings"] == []
     assert set(out["indicators"]) == {"rsi", "macd", "bollinger", "ichimoku", "sma", "ema"}

@@ -23,7 +23,7 @@ from orchestrator import Orchestrator
 from orchestrator.errors import NodeError
 from orchestrator.registry import NodeContext
 from orchestrator.settings import Settings
-from tests.conftest import workflow
+from tests.conftest import output_of, workflow
 from workers import market_data
 from workers.market_data import MarketDataParams, clean_candles, fetch_twelvedata, synthetic_candles
 
@@ -45,7 +45,7 @@ def node_context(settings: Settings, node_id: str = "fetch") -> NodeContext:
 
 
 def settings_with(**env: Any) -> Settings:
-    return Settings(_env_file=None, **env)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **env)
 
 
 # --- cleaning ------------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def test_worker_runs_synthetic_and_csv_providers(orch: Orchestrator, tmp_path: P
     orch.register(spec)
     run = orch.run("Market Data", timeout=60)
     assert run.status == "finished", run.error
-    walk, file = run.nodes["walk"].output, run.nodes["file"].output
+    walk, file = output_of(run, "walk"), output_of(run, "file")
     expected = market_data.candle_records(
         clean_candles(synthetic_candles("ACME", "1day", 40, 3, datetime(2024, 12, 31)))[0]
     )

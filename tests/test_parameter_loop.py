@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.models import Run
-from tests.conftest import workflow
+from tests.conftest import as_list, not_none, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -23,9 +23,9 @@ def iterations(orch: Orchestrator, run: Run) -> list[Run]:
 
 def most_at_once(runs: list[Run]) -> int:
     """The largest number of runs whose [started, finished] intervals all overlap."""
-    spans = [(r.nodes["body"].started_at, r.nodes["body"].finished_at) for r in runs]
+    spans = [(not_none(r.nodes["body"].started_at), not_none(r.nodes["body"].finished_at)) for r in runs]
     assert all(start and end for start, end in spans)
-    return max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)  # type: ignore[operator]
+    return max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
 
 
 def test_parallel_loop_outputs_follow_the_order_of_values(orch: Orchestrator) -> None:
@@ -58,18 +58,18 @@ def test_sequential_loop_runs_one_iteration_at_a_time(orch: Orchestrator) -> Non
     body = {"type": "sleep", "params": {"seconds": 0.2, "output": "{{ loop_value }}"}}
     orch.register(workflow("Loop", loop_node([1, 2, 3], body, mode="sequential", poll_interval_s=30)))
     run = orch.run("Loop", timeout=30)
-    assert [e["output"]["output"] for e in run.nodes["loop"].output] == [1, 2, 3]  # type: ignore[union-attr,index]
+    assert [e["output"]["output"] for e in as_list(run.nodes["loop"].output)] == [1, 2, 3]
     runs = iterations(orch, run)
     assert most_at_once(runs) == 1
-    starts = [r.nodes["body"].started_at for r in runs]
-    assert starts == sorted(starts)  # type: ignore[type-var]
+    starts = [not_none(r.nodes["body"].started_at) for r in runs]
+    assert starts == sorted(starts)
 
 
 def test_max_parallel_caps_the_iterations_in_flight(orch: Orchestrator) -> None:
     body = {"type": "sleep", "params": {"seconds": 0.3}}
     orch.register(workflow("Loop", loop_node(list(range(5)), body, max_parallel=1)))
     run = orch.run("Loop", timeout=30)
-    assert run.status == "finished" and len(run.nodes["loop"].output) == 5  # type: ignore[arg-type]
+    assert run.status == "finished" and len(as_list(run.nodes["loop"].output)) == 5
     assert most_at_once(iterations(orch, run)) == 1
 
 

@@ -14,7 +14,7 @@ from orchestrator import Orchestrator
 from orchestrator.models import Run
 from orchestrator.settings import Settings
 from orchestrator.waiting import sweep_waits
-from tests.conftest import WorkerProcess, wait_for, workflow
+from tests.conftest import WorkerProcess, as_dict, not_none, output_of, wait_for, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -41,7 +41,7 @@ def test_fire_and_forget_returns_at_once_and_the_child_runs(orch: Orchestrator) 
     output = parent.nodes["child"].output
     assert parent.status == "finished"
     assert output == {"status": "triggered", "run_id": f"{parent.id}.child", "targetWorkflow": "Leaf"}
-    child = orch.get_run(output["run_id"])  # type: ignore[index,call-overload]
+    child = orch.get_run(as_dict(output)["run_id"])
     assert child.status in ("pending", "running")  # the parent did not wait
     assert (child.parent_run_id, child.parent_node_id, child.root_run_id, child.depth) == (
         parent.id,
@@ -81,7 +81,7 @@ def test_wake_up_ends_the_wait_long_before_the_next_poll(orch: Orchestrator) -> 
     orch.register(workflow("Parent", child_node("Leaf", poll_interval_s=30)))
     parent = orch.run("Parent", timeout=20)
     assert parent.status == "finished"
-    assert parent.nodes["child"].output["elapsed_s"] < 5  # type: ignore[index,call-overload]
+    assert output_of(parent, "child")["elapsed_s"] < 5
 
 
 def test_failed_child_is_data_the_parent_branches_on(orch: Orchestrator) -> None:
@@ -162,7 +162,7 @@ def test_child_variables_are_checked(orch: Orchestrator, variables: dict[str, An
 def test_secret_names_pass_when_the_target_opts_out(orch: Orchestrator) -> None:
     orch.register(workflow("Leaf", {"id": "a", "type": "set"}, allow_secret_variables=True))
     orch.register(workflow("Parent", child_node("Leaf", variables={"token": "t"})))
-    assert orch.run("Parent", timeout=30).nodes["child"].output["status"] == "finished"  # type: ignore[index,call-overload]
+    assert output_of(orch.run("Parent", timeout=30), "child")["status"] == "finished"
 
 
 def test_redelivered_parent_node_reuses_its_child(orch: Orchestrator) -> None:
@@ -179,7 +179,7 @@ def test_redelivered_parent_node_reuses_its_child(orch: Orchestrator) -> None:
     orch.app.signature("workers.run_workflow", kwargs={"run_id": parent.id, "node": node}).apply_async()
     wait_for(lambda: orch.get_run(parent.id).nodes["child"].status == "finished", what="redelivered node")
     assert [r.id for r in orch.list_runs(parent=parent.id)] == [child_id]
-    assert orch.store.db["test_counts"].find_one({"_id": child_id})["n"] == 1  # type: ignore[index]
+    assert not_none(orch.store.db["test_counts"].find_one({"_id": child_id}))["n"] == 1
 
 
 def test_wake_and_poll_together_continue_the_parent_once(orch: Orchestrator) -> None:
@@ -201,7 +201,7 @@ def test_wake_and_poll_together_continue_the_parent_once(orch: Orchestrator) -> 
     orch.run(marker.name, timeout=30)
     for parent in finished:
         assert parent.status == "finished"
-        assert orch.store.db["test_counts"].find_one({"_id": f"continued-{parent.id}"})["n"] == 1  # type: ignore[index]
+        assert not_none(orch.store.db["test_counts"].find_one({"_id": f"continued-{parent.id}"}))["n"] == 1
 
 
 def test_run_tree_and_parent_filter_show_lineage(orch: Orchestrator) -> None:
@@ -236,7 +236,7 @@ def test_a_lost_poll_and_wake_up_are_recovered_by_the_sweeper(orch: Orchestrator
     assert orch.get_run(parent_id).nodes["child"].status == "waiting"  # nothing else will wake it
     assert sweep_waits(orch.app, grace_s=0) == [f"{parent_id}/child"]
     parent = orch.wait(parent_id, timeout=30)
-    assert parent.status == "finished" and parent.nodes["child"].output["targetStatus"] == "finished"  # type: ignore[index,call-overload]
+    assert parent.status == "finished" and output_of(parent, "child")["targetStatus"] == "finished"
     assert sweep_waits(orch.app, grace_s=0) == []
 
 
@@ -267,5 +267,8 @@ def test_ten_waiting_parents_finish_on_a_single_worker_slot(one_slot: Orchestrat
     outputs: list[Any] = [run.nodes["child"].output for run in finished]
     assert [o["status"] for o in outputs] == ["finished"] * 10
     # a parent that held the slot while waiting would have left its child no slot to run on
-    waits = sorted((run.nodes["child"].started_at, run.nodes["child"].finished_at) for run in finished)
+    waits = sorted(
+        (not_none(run.nodes["child"].started_at), not_none(run.nodes["child"].finished_at))
+        for run in finished
+    )
     assert any(later[0] < earlier[1] for earlier, later in pairwise(waits))

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.errors import NodeError
-from tests.conftest import workflow
+from tests.conftest import as_dict, output_of, workflow
 from tests.test_market_data import node_context, settings_with
 from workers import backtest, report, signals
 from workers.backtest import BacktestParams, performance, periods_per_year, positions
@@ -213,14 +213,14 @@ def test_worker_runs_the_daily_pipeline(orch: Orchestrator) -> None:
     orch.register(spec)
     run = orch.run("Daily Pipeline", timeout=90)
     assert run.status == "finished", run.error
-    decided = run.nodes["decide"].output
+    decided = output_of(run, "decide")
     assert [s["symbol"] for s in decided["signals"]] == ["AAA", "BBB"]
     assert all(
         s["action"] in ("buy", "sell", "hold") and 0 <= s["confidence"] <= 1 for s in decided["signals"]
     )
-    bt = run.nodes["bt"].output
+    bt = output_of(run, "bt")
     assert bt["symbol"] == "AAA" and bt["interval"] == "1day" and bt["bars"] == 150
     assert isinstance(bt["total_return"], float) and bt["max_drawdown"] >= 0
-    md = run.results["markdown"]
-    assert run.results["title"] == "Daily market summary: 2024-12-31"
+    md = as_dict(run.results)["markdown"]
+    assert as_dict(run.results)["title"] == "Daily market summary: 2024-12-31"
     assert "| AAA |" in md and "| BBB |" in md and "## Backtests" in md

@@ -32,7 +32,8 @@ def test_valid_workflow_loads_with_defaults() -> None:
         KNOWN,
     )
     assert spec.node("b").after == ["a"]
-    assert spec.node("b").retry is not None and spec.node("b").retry.backoff_s == 2
+    retry = spec.node("b").retry
+    assert retry is not None and retry.backoff_s == 2
     assert [n.id for n in spec.final_nodes()] == ["b"]
 
 

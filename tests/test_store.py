@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -17,12 +18,12 @@ def new_run(
     store: RunStore,
     nodes: tuple[str, ...] = ("a", "b"),
     created_at: datetime | None = None,
-    **lineage: object,
+    **lineage: Any,
 ) -> str:
     run_id = new_run_id()
     doc = new_run_document(
         run_id=run_id, workflow="W", node_ids=list(nodes), variables={}, trigger={"type": "api"}, **lineage
-    )  # type: ignore[arg-type]
+    )
     store.create_run(doc | ({"created_at": created_at} if created_at else {}))
     return run_id
 
@@ -46,7 +47,7 @@ def test_only_one_of_many_racing_finishers_ends_the_run(store: RunStore) -> None
     run_id = new_run(store)
     statuses = ["finished", "failed", "error", "cancelled"] * 4
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda s: store.end_run(run_id, s) is not None, statuses))  # type: ignore[arg-type]
+        results = list(pool.map(lambda s: store.end_run(run_id, s) is not None, statuses))
     assert results.count(True) == 1
     winner = statuses[results.index(True)]
     assert store.get_run(run_id).status == winner

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import JsonValue
 
 from orchestrator.errors import TemplateError
 from orchestrator.templating import build_scope, referenced_nodes, render
@@ -46,7 +47,7 @@ def test_mixed_text_renders_as_a_string() -> None:
 
 
 def test_templates_inside_lists_and_objects_are_rendered() -> None:
-    value = {"a": ["{{ symbol }}", {"b": "{{ analysis.period }}"}], "c": 3}
+    value: JsonValue = {"a": ["{{ symbol }}", {"b": "{{ analysis.period }}"}], "c": 3}
     assert render(value, SCOPE, "here") == {"a": ["BTCUSD", {"b": 21}], "c": 3}
 
 

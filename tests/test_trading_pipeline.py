@@ -10,7 +10,7 @@ from orchestrator import Orchestrator
 from orchestrator.constants import RUN_OVER
 from orchestrator.models import Run
 from orchestrator.user_lists import UserLists
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, as_dict, output_of, wait_for
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -33,7 +33,7 @@ def all_descendants_over(orch: Orchestrator, run_id: str) -> list[Run]:
         runs = list(orch.store.descendants(run_id))
         return runs if all(r.status in RUN_OVER for r in runs) else None
 
-    return wait_for(over, timeout=60, what="every child run to end")  # type: ignore[no-any-return]
+    return wait_for(over, timeout=60, what="every child run to end")
 
 
 def test_the_pipeline_runs_every_stage_and_reports(trading: Orchestrator) -> None:
@@ -56,7 +56,7 @@ def test_the_pipeline_runs_every_stage_and_reports(trading: Orchestrator) -> Non
     report: Any = report_run.results
     markdown = report["markdown"]
     assert all(symbol in markdown for symbol in SYMBOLS)
-    assert report_run.nodes["send"].output["sent"] is False  # type: ignore[index,call-overload]
+    assert output_of(report_run, "send")["sent"] is False
     lists = UserLists(trading.store.db)
     if branch == "yes":
         assert lists.count("paper_orders") == sum(results["signals"][a] for a in ("buy", "sell"))
@@ -85,7 +85,7 @@ def test_indicators_stage_reads_the_candles_of_a_fetch_run(trading: Orchestrator
 )
 def test_place_orders_records_paper_orders(trading: Orchestrator, orders: list[Any], expected: int) -> None:
     run = trading.run("Place Orders", {"orders": orders}, timeout=30)
-    assert run.results["mode"] == "paper"  # type: ignore[index,call-overload]
+    assert as_dict(run.results)["mode"] == "paper"
     assert UserLists(trading.store.db).count("paper_orders") == expected
 
 
@@ -122,4 +122,4 @@ def test_report_stage_alone_writes_markdown_and_logs_it_without_a_token(trading:
         and "| ETH |" in report["markdown"]
         and "RSI 25 (oversold)" in report["markdown"]
     )
-    assert run.nodes["send"].output["sent"] is False  # type: ignore[index,call-overload]
+    assert output_of(run, "send")["sent"] is False

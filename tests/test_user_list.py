@@ -15,7 +15,7 @@ from orchestrator.cli import main
 from orchestrator.settings import Settings
 from orchestrator.store import connect
 from orchestrator.user_lists import ITEMS, LISTS, UserLists
-from tests.conftest import workflow
+from tests.conftest import as_list, output_of, workflow
 
 
 @pytest.fixture
@@ -97,11 +97,11 @@ def test_parallel_append_nodes_then_read(orch: Orchestrator) -> None:
     )
     run = orch.run("Collect", timeout=30)
     assert run.status == "finished", run.error
-    assert run.nodes["add_0"].output["list"] == name  # type: ignore[index]
-    assert run.nodes["more"].output["count"] >= 2  # type: ignore[index]
+    assert output_of(run, "add_0")["list"] == name
+    assert output_of(run, "more")["count"] >= 2
     result = run.results
     assert isinstance(result, dict) and result["list"] == name and result["count"] == 22
-    items = result["items"]
+    items = as_list(result["items"])
     assert sorted(i for i in items if isinstance(i, int)) == list(range(20))
     assert [i for i in items if isinstance(i, dict)] == [{"n": "x"}, {"n": "y"}]
 
