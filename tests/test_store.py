@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.errors import DocumentTooLarge, RunNotFound, WorkflowNotFound
-from orchestrator.models import new_run_document, new_run_id
+from orchestrator.models import new_run_document, new_run_id, node_state
 from orchestrator.store import RunStore
 
 
@@ -51,6 +51,26 @@ def test_only_one_of_many_racing_finishers_ends_the_run(store: RunStore) -> None
     assert results.count(True) == 1
     winner = statuses[results.index(True)]
     assert store.get_run(run_id).status == winner
+
+
+def test_the_last_node_and_the_run_end_in_one_update_once(store: RunStore) -> None:
+    run_id = new_run(store, nodes=("a",))
+    assert store.start_node(run_id, "a", 1) is not None
+    state = node_state(status="finished", output={"n": 1}, attempts=1)
+    ended = store.end_last_node(run_id, "a", state, "finished", results={"a": {"n": 1}})
+    assert ended is not None and ended["status"] == "finished" and ended["finished_at"] is not None
+    assert ended["nodes"]["a"]["output"] == {"n": 1} and ended["results"] == {"a": {"n": 1}}
+    assert store.end_last_node(run_id, "a", state, "failed", error="a redelivery") is None
+    assert store.get_run(run_id).status == "finished"
+
+
+def test_the_last_node_of_a_cancelled_run_cannot_end_it(store: RunStore) -> None:
+    run_id = new_run(store, nodes=("a",))
+    assert store.start_node(run_id, "a", 1) is not None
+    assert store.end_run(run_id, "cancelled") is not None
+    state = node_state(status="finished", output=1, attempts=1)
+    assert store.end_last_node(run_id, "a", state, "finished") is None
+    assert store.get_run(run_id).status == "cancelled"
 
 
 def test_an_ended_run_cannot_move_back(store: RunStore) -> None:
