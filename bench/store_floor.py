@@ -1,10 +1,11 @@
 """How much of a benchmark's time the MongoDB server needs on its own.
 
 Every node costs its run document a start (`find_one_and_update`, returning the document) and
-an end (`update_one`); a child run also costs an insert, a workflow read and the ends of the
-child's own run. This module times those operations, one at a time, on copies of documents the
-benchmark itself made, so a benchmark can print the server's share beside its result: the
-time the store alone needs, and the lowest ratio to raw Celery that this store allows.
+an end (`update_one`); a child run also costs an insert, a workflow read, its `dispatched_at`
+and its own node's start and end (which also ends the run). This module times those
+operations, one at a time, on copies of documents the benchmark itself made, so a benchmark
+can print the server's share beside its result: the time the store alone needs, and the
+lowest ratio to raw Celery that this store allows.
 
 nx-27017 serves operations one after another (its throughput stays ~1,000 operations/s on a
 100-node document whether one, two or four clients send them), and its cost per operation
