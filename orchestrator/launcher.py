@@ -124,9 +124,18 @@ def launch_run(
     """
     run_id, canvas = prepare_run(app, spec, variables, trigger, run_id, lineage, resend_after_s)
     if canvas is not None:
-        canvas.apply_async()
+        _send(app, run_id, canvas)
         app.store.mark_dispatched([run_id])
     return run_id, canvas is not None
+
+
+def _send(app: OrchestratorApp, run_id: str, canvas: Signature) -> None:
+    """Send a run's canvas; when the broker refuses it, leave the run for the sweeper."""
+    try:
+        canvas.apply_async()
+    except Exception:
+        app.store.release_dispatch(run_id)  # a claimed re-send gives its claim back
+        raise
 
 
 def relaunch_undispatched(app: OrchestratorApp, grace_s: float = DISPATCH_GRACE_S) -> list[str]:
@@ -156,7 +165,11 @@ def relaunch_undispatched(app: OrchestratorApp, grace_s: float = DISPATCH_GRACE_
             continue
         if app.store.claim_dispatch(run_id):
             logger.warning("run %s of '%s' was never sent to a worker; sending it now", run_id, name)
-            compile_workflow(app, spec, run_id).apply_async()
+            try:
+                _send(app, run_id, compile_workflow(app, spec, run_id))
+            except Exception as exc:  # the broker is away: the next sweep tries again
+                logger.error("run %s of '%s' could not be sent: %s", run_id, name, exc)
+                continue
             sent.append(run_id)
     return sent
 

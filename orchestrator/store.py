@@ -179,6 +179,10 @@ class RunStore:
         """Pending runs whose canvas was never recorded as sent."""
         return list(self.runs.find({"status": "pending", "dispatched_at": None}))
 
+    def release_dispatch(self, run_id: str) -> None:
+        """Undo a claim whose send failed, so that the sweeper tries the run again."""
+        self.runs.update_one({"_id": run_id, "status": "pending"}, {"$set": {"dispatched_at": None}})
+
     def claim_dispatch(self, run_id: str) -> bool:
         """Take the sending of a canvas its creator never recorded: True for one caller only."""
         claimed = self.runs.update_one(

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from kombu.exceptions import OperationalError
 
 from orchestrator import Orchestrator
+from orchestrator.app import create_app
+from orchestrator.embedded import free_port
 from orchestrator.launcher import launch_run, prepare_run, relaunch_undispatched
+from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
 from tests.conftest import workflow
 
@@ -74,3 +78,19 @@ def test_one_caller_only_takes_the_sending_of_an_unsent_run(orch: Orchestrator) 
     run_id, _ = prepare_run(orch.app, counted(orch, "Claimed"))
     assert [orch.store.claim_dispatch(run_id) for _ in range(2)] == [True, False]
     assert relaunch_undispatched(orch.app, grace_s=0) == []
+
+
+def test_a_send_the_broker_refuses_is_left_to_the_sweeper(orch: Orchestrator, settings: Settings) -> None:
+    spec = counted(orch, "Refused")
+    nowhere = create_app(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))
+    try:
+        with pytest.raises(OperationalError):
+            launch_run(nowhere, spec, run_id="refused-1")
+        assert orch.get_run("refused-1").dispatched_at is None
+        assert relaunch_undispatched(nowhere, grace_s=0) == []  # refused again: its claim is given back
+        assert orch.get_run("refused-1").dispatched_at is None
+    finally:
+        nowhere.close()
+    assert relaunch_undispatched(orch.app, grace_s=0) == ["refused-1"]
+    assert orch.wait("refused-1", timeout=30).status == "finished"
+    assert count(orch, "Refused") == 1
