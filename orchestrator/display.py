@@ -12,6 +12,8 @@ from rich.tree import Tree
 
 from orchestrator.models import NodeState, Run
 
+QUEUE_NOTE_S = 1.0  # a run that waited this long for a worker says so: more workers may help
+
 STATUS_STYLE = {
     "pending": "dim",
     "running": "cyan",
@@ -60,6 +62,11 @@ def _run_label(run: Run) -> Text:
     label = Text.assemble(
         (run.workflow, "bold"), f"  {run.id}  ", status_text(run.status), f"  {seconds(run.duration_s)}"
     )
+    if run.status == "pending":
+        waiting = "queued for a worker" if run.dispatched_at else "not sent to a worker yet"
+        label.append(f"  ({waiting})", style="dim")
+    elif (run.queued_s or 0.0) >= QUEUE_NOTE_S:
+        label.append(f"  (queued {seconds(run.queued_s)} for a worker)", style="yellow")
     if run.parent_node_id:
         label.append(f"  (started by node {run.parent_node_id})", style="dim")
     if run.error:

@@ -84,6 +84,13 @@ class Run(BaseModel):
         return self.status in RUN_OVER
 
     @property
+    def queued_s(self) -> float | None:
+        """Seconds the run's canvas waited on the broker for a worker (None until it started)."""
+        if self.dispatched_at is None or self.started_at is None:
+            return None
+        return max((aware(self.started_at) - aware(self.dispatched_at)).total_seconds(), 0.0)
+
+    @property
     def duration_s(self) -> float | None:
         """Seconds from the first node's start to the end (or to now, while running)."""
         if self.started_at is None:
