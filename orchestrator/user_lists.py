@@ -5,7 +5,8 @@ Each item is its own document, `{list, seq, item, added_at}`, under a unique ind
 `(list, seq)`; the list's document `{_id: name, seq, updated_at}` hands out sequence numbers
 with an atomic `$inc`. Appending is therefore an `$inc` and an insert, never a
 read-modify-write of an array, so concurrent appends cannot lose items, and no `$push` of
-sub-documents is needed (nx-27017 stores those as JSON strings).
+sub-documents is needed (nx-27017 stores those as JSON strings). A node's items have ids
+made from its run and node, so a redelivered node adds nothing a second time.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from orchestrator.errors import StoreError
 from orchestrator.models import utcnow
 
 LISTS = "user_lists"
 ITEMS = "user_list_items"
+
+DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index refusing a document
 
 Document = dict[str, Any]
 
@@ -45,26 +48,35 @@ class UserLists:
             raise StoreError(f"cannot create the index of {self.items.database.name}.{ITEMS}: {exc}") from exc
         self._indexed = True
 
-    def extend(self, name: str, items: list[Any]) -> int:
-        """Add items at the end of list `name` (created when missing); its count afterwards."""
+    def extend(self, name: str, items: list[Any], key: str | None = None) -> int:
+        """Add items at the end of list `name` (created when missing); its count afterwards.
+
+        Args:
+            key: names this write (a run's node): a second write with the same key adds
+                nothing, so a node delivered again after a crash does not add its items twice.
+        """
         self.ensure_indexes()
-        if items:
-            last = self._reserve(name, len(items))
-            now = utcnow()
-            first = last - len(items) + 1
-            self.items.insert_many(
-                [
-                    {"list": name, "seq": first + i, "item": item, "added_at": now}
-                    for i, item in enumerate(items)
-                ]
-            )
-        else:
+        if not items:
             self._create(name)
+            return self.count(name)
+        last = self._reserve(name, len(items))
+        now = utcnow()
+        first = last - len(items) + 1
+        docs = [
+            {"list": name, "seq": first + i, "item": item, "added_at": now}
+            | ({"_id": f"{key}:{name}:{i}"} if key is not None else {})
+            for i, item in enumerate(items)
+        ]
+        try:
+            self.items.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if key is None or any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise
         return self.count(name)
 
-    def append(self, name: str, item: Any) -> int:
-        """Add one item at the end of list `name`; its count afterwards."""
-        return self.extend(name, [item])
+    def append(self, name: str, item: Any, key: str | None = None) -> int:
+        """Add one item at the end of list `name`; its count afterwards (`key`: see `extend`)."""
+        return self.extend(name, [item], key)
 
     def read(self, name: str) -> list[Any]:
         """The items of list `name`, oldest first (empty when the list does not exist)."""

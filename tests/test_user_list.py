@@ -42,6 +42,15 @@ def test_items_keep_their_order_and_shape(lists: UserLists) -> None:
     assert lists.read("never") == [] and not lists.exists("never")
 
 
+def test_a_write_repeated_with_its_key_adds_nothing(lists: UserLists) -> None:
+    assert lists.extend("watch", ["BTC", "ETH"], key="run-1/add") == 2
+    assert lists.extend("watch", ["BTC", "ETH"], key="run-1/add") == 2  # the node delivered again
+    assert lists.append("watch", "SOL", key="run-1/one") == 3
+    assert lists.append("watch", "SOL", key="run-1/one") == 3
+    assert lists.append("watch", "SOL", key="run-2/one") == 4  # another run's node adds its own
+    assert lists.read("watch") == ["BTC", "ETH", "SOL", "SOL"]
+
+
 def test_names_lists_every_list_with_its_count(lists: UserLists) -> None:
     lists.extend("b", [1, 2])
     lists.extend("a", [])

@@ -50,10 +50,11 @@ def run(params: UserListParams, context: NodeContext) -> dict[str, Any]:
     if params.action == "read":
         items = lists.read(name)
         return {"list": name, "items": items, "count": len(items)}
+    key = f"{context.run_id}/{context.node_id}"  # once per node of a run, however often delivered
     if params.action == "append":
-        return {"list": name, "count": lists.append(name, params.item)}
+        return {"list": name, "count": lists.append(name, params.item, key)}
     if params.action == "extend":
-        return {"list": name, "count": lists.extend(name, list(params.items or []))}
+        return {"list": name, "count": lists.extend(name, list(params.items or []), key)}
     removed = lists.clear(name)
     return {"list": name, "count": lists.count(name), "removed": removed}
 
