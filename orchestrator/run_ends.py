@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("orchestrator.run_ends")
 
 CHANNEL_PREFIX = "orchestrator:run-ended:"
+SUBSCRIBE_TIMEOUT_S = 2.0
 
 
 def run_end_channel(run_id: str) -> str:
@@ -60,9 +61,14 @@ class RunEndListener:
         self._pubsub: PubSub | None = None
 
     def __enter__(self) -> RunEndListener:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self._channel)
+            # Redis's confirmation: from here on no notice can pass unseen, so a read of the
+            # document that follows cannot miss an end between the read and the subscription.
+            confirmed = pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
+            if confirmed is None or confirmed.get("type") != "subscribe":
+                raise redis.RedisError(f"no confirmation within {SUBSCRIBE_TIMEOUT_S:g} s")
         except redis.RedisError as exc:
             logger.warning("cannot subscribe to %s (%s): watching the run by polling", self._channel, exc)
             pubsub.close()
