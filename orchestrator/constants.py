@@ -31,6 +31,10 @@ ENTRY_POINT_GROUP: Final = "orchestrator.node_types"
 # (celeryconfig.py), past which Redis redelivers a held message to a second worker.
 MAX_COUNTDOWN_S: Final = 600.0
 
+# The largest run document a node hands on to the next node of its chain (in the message);
+# past it the next node reads the document from MongoDB.
+HAND_ON_MAX_BYTES: Final = 64 * 1024
+
 # How long a run may stay `pending` and never sent before its creator is taken for dead and
 # another caller (the sweeper, or a start with the same run id) sends its canvas.
 DISPATCH_GRACE_S: Final = 30.0

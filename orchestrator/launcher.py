@@ -81,7 +81,9 @@ def prepare_run(
         root_run_id=lineage.root_run_id if lineage else None,
         depth=lineage.depth if lineage else 0,
     )
-    canvas = compile_workflow(app, spec, run_id)  # before the insert: a bad graph leaves no document
+    canvas = compile_workflow(
+        app, spec, run_id, app.registry.pure_types()
+    )  # before the insert: a bad graph leaves no document
     stored, created = app.store.create_run(doc)
     if created:
         return run_id, canvas
@@ -166,7 +168,7 @@ def relaunch_undispatched(app: OrchestratorApp, grace_s: float = DISPATCH_GRACE_
         if app.store.claim_dispatch(run_id):
             logger.warning("run %s of '%s' was never sent to a worker; sending it now", run_id, name)
             try:
-                _send(app, run_id, compile_workflow(app, spec, run_id))
+                _send(app, run_id, compile_workflow(app, spec, run_id, app.registry.pure_types()))
             except Exception as exc:  # the broker is away: the next sweep tries again
                 logger.error("run %s of '%s' could not be sent: %s", run_id, name, exc)
                 continue

@@ -110,6 +110,12 @@ class NodeType(Generic[P]):
     resume: Resume | None = None
     raw_params: frozenset[str] = frozenset()
     """Params the engine passes as written, unrendered (the type renders them itself)."""
+    pure: bool = False
+    """The function only computes its output from its params and context, quickly, with no
+    effect outside (no messages sent, no data kept). The engine then skips marking the node
+    `running`: it records the node once, when it ends, and after another node of a chain it
+    starts from the run document that node handed on instead of reading it again. Such a
+    node may be computed twice (a message delivered again); only one end is recorded."""
 
 
 BUILTIN_BRANCHES: dict[str, tuple[str, ...]] = {"condition": ("yes", "no")}
@@ -135,6 +141,10 @@ class Registry:
         except KeyError:
             known = ", ".join(sorted(self.types))
             raise ConfigurationError(f"unknown node type '{name}' (known: {known})") from None
+
+    def pure_types(self) -> frozenset[str]:
+        """Names of the pure types (`NodeType.pure`)."""
+        return frozenset(name for name, node_type in self.types.items() if node_type.pure)
 
     def names(self) -> list[str]:
         """Names of every registered type, sorted."""

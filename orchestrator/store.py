@@ -229,6 +229,7 @@ class RunStore:
         state: Document,
         doc_size: int = 0,
         from_statuses: Iterable[str] = NODE_ENDABLE,
+        run_was: RunStatus | None = None,
     ) -> bool:
         """Record a node's final state (`finished`, `failed` or `skipped`), once.
 
@@ -236,18 +237,22 @@ class RunStore:
             state: the node's whole sub-document (`status`, `output`, `error`, times…).
             doc_size: the run document's current size in bytes, to refuse outputs that
                 would push it past the limit.
+            run_was: for a node that was never marked running (a pure node, which runs
+                from the document as it read it): the run's status then. The end is then
+                recorded only while the run is active, and it starts a pending run.
 
         Returns:
-            True when this call recorded it, False when the node was over already.
+            True when this call recorded it, False when the node was over already (or,
+            with `run_was`, the run was).
 
         Raises:
             DocumentTooLarge: the output would make the run document too large.
         """
         self._check_size(node_id, state, doc_size)
-        result = self.runs.update_one(
-            self._ending(run_id, node_id, from_statuses), {"$set": {f"nodes.{node_id}": state}}
-        )
-        return result.modified_count == 1
+        for where, update in self._end_updates(run_id, node_id, state, from_statuses, run_was):
+            if self.runs.update_one(where, update).modified_count == 1:
+                return True
+        return False
 
     def end_last_node(
         self,
@@ -258,8 +263,12 @@ class RunStore:
         results: Any = None,
         error: str | None = None,
         doc_size: int = 0,
+        run_was: RunStatus | None = None,
     ) -> Document | None:
         """Record a run's last node and end the run, in one update, once.
+
+        Args:
+            run_was: as for `end_node`: a pending run is started (and ended) by this update.
 
         Returns:
             The document after, or None when the node was over already or the run was
@@ -269,14 +278,42 @@ class RunStore:
             DocumentTooLarge: the output would make the run document too large.
         """
         self._check_size(node_id, state, doc_size)
-        return self.runs.find_one_and_update(
-            {**self._ending(run_id, node_id, NODE_ENDABLE), "status": {"$in": list(RUN_ACTIVE)}},
-            {
-                "$set": {f"nodes.{node_id}": state, "status": status, "results": results, "error": error},
-                "$currentDate": {"finished_at": True},
-            },
-            return_document=ReturnDocument.AFTER,
+        ending = {"status": status, "results": results, "error": error}
+        for where, update in self._end_updates(run_id, node_id, state, NODE_ENDABLE, run_was or "running"):
+            update["$set"].update(ending)
+            update["$currentDate"] = {**update.get("$currentDate", {}), "finished_at": True}
+            after = self.runs.find_one_and_update(where, update, return_document=ReturnDocument.AFTER)
+            if after is not None:
+                return after
+        return None
+
+    def _end_updates(
+        self,
+        run_id: str,
+        node_id: str,
+        state: Document,
+        from_statuses: Iterable[str],
+        run_was: RunStatus | None,
+    ) -> list[tuple[Document, Document]]:
+        """The compare-and-set updates that record a node's end, in the order to try them.
+
+        A node marked running ends whatever the run's status (a cancelled run keeps its
+        nodes' ends). A node never marked running (`run_was` given) ends only in an active
+        run; when the run was pending, its end is also the run's start, and a run started
+        meanwhile by another node is tried next.
+        """
+        where = self._ending(run_id, node_id, from_statuses)
+        recorded = {f"nodes.{node_id}": state}
+        if run_was is None:
+            return [(where, {"$set": recorded})]
+        in_running = ({**where, "status": "running"}, {"$set": dict(recorded)})
+        if run_was != "pending":
+            return [in_running]
+        starting = (
+            {**where, "status": "pending"},
+            {"$set": {**recorded, "status": "running"}, "$currentDate": {"started_at": True}},
         )
+        return [starting, in_running]
 
     @staticmethod
     def _ending(run_id: str, node_id: str, from_statuses: Iterable[str]) -> Document:

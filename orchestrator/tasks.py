@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import logging
 import traceback as tb
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import bson
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from orchestrator.constants import FINALIZE_TASK, JOIN_TASK, MAX_COUNTDOWN_S, NODE_TASK_PREFIX, SWEEP_TASK
+from orchestrator.constants import (
+    FINALIZE_TASK,
+    JOIN_TASK,
+    MAX_COUNTDOWN_S,
+    NODE_STARTABLE,
+    NODE_TASK_PREFIX,
+    RUN_ACTIVE,
+    SWEEP_TASK,
+    RunStatus,
+)
 from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, TemplateError
+from orchestrator.handoff import document_size, snapshot_after, snapshot_of
 from orchestrator.launcher import relaunch_undispatched
 from orchestrator.models import node_state, utcnow
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
@@ -80,16 +90,32 @@ def _register_node_task(app: OrchestratorApp, node_type: NodeType[Any]) -> None:
     @app.task(name=NODE_TASK_PREFIX + node_type.name, base=NodeTask, bind=True, shared=False)  # type: ignore[untyped-decorator]
     def node_task(
         self: NodeTask,
+        previous: Any = None,
+        *,
         run_id: str,
         node: dict[str, Any],
         token: str | None = None,
         final: dict[str, Any] | None = None,
         first: bool = False,
-    ) -> None:
+        hand_on: bool = False,
+    ) -> str | None:
         spec = NodeSpec.model_validate(node)
-        ended = run_node(self, node_type, run_id, spec, token, first=first, final=final)
-        if final is not None and not ended:  # a wait or a redelivery ended the node: end the run now
+        end = run_node(
+            self, node_type, run_id, spec, token, first=first, final=final, previous=previous, hand_on=hand_on
+        )
+        if final is not None and not end.run_ended:  # a wait or a redelivery ended the node: end the run now
             end_run(self.app, run_id, final.get("output"), final.get("final_nodes") or [])
+        return end.handed_on
+
+
+@dataclass(frozen=True)
+class NodeEnd:
+    """What one node message leaves behind for the rest of its canvas."""
+
+    run_ended: bool = False
+    """This message also ended the run (the run's last node)."""
+    handed_on: str | None = None
+    """For the chain's next node, a pure one: the run document as the node's end left it."""
 
 
 def run_node(
@@ -100,32 +126,56 @@ def run_node(
     token: str | None,
     first: bool = False,
     final: dict[str, Any] | None = None,
-) -> bool:
+    previous: Any = None,
+    hand_on: bool = False,
+) -> NodeEnd:
     """Run one node of a run, once: start it, check its dependencies, render, call, record.
 
     Args:
         first: the node is the run's only source (its start starts the run).
         final: the node is the run's last: the run's `output` and final nodes, to end the
             run in the same update that records the node's end.
+        previous: what the chain's previous task returned: a snapshot of the run document
+            after that node, when it handed one on. A pure node starts from it instead of
+            reading the document.
+        hand_on: the chain's next task is a pure node: hand it a snapshot of the run
+            document as this node's end leaves it.
 
-    Returns when the node is over and this message may let the canvas go on: True when
-    this call also ended the run; raises `Retry` while the node retries or waits, and
-    `Ignore` when another message goes on.
+    Returns when the node is over and this message may let the canvas go on; raises `Retry`
+    while the node retries or waits, and `Ignore` when another message goes on.
+    A pure node (`NodeType.pure`) is not marked running: it is recorded once, at its end,
+    and only while the run is active.
     """
     store: RunStore = task.app.store
     attempt = task.request.retries + 1
-    before = store.start_node(run_id, spec.id, attempt, first=first)
+    pure = node_type.pure and token is None
+    run_was: RunStatus | None = None
+    before: dict[str, Any] | None
+    if pure:
+        before = snapshot_of(previous, run_id) or store.get_run_document(run_id)
+        run_was = before["status"]
+        if run_was not in RUN_ACTIVE or before["nodes"][spec.id]["status"] not in NODE_STARTABLE:
+            before = None
+    else:
+        before = store.start_node(run_id, spec.id, attempt, first=first)
     if before is None:
         _not_started(task, node_type, run_id, spec, token)
-        return False
+        return NodeEnd()
+    started_doc = before
 
-    def record(state: dict[str, Any], doc_size: int = 0) -> bool:
+    def record(state: dict[str, Any], doc_size: int = 0) -> NodeEnd:
         if final is not None:
-            ended = _end_node_and_run(task.app, before, spec.id, state, final, doc_size)
-            if ended:
-                return True
-        store.end_node(run_id, spec.id, state, doc_size)  # not the last, or the run is over (cancelled)
-        return False
+            if _end_node_and_run(task.app, started_doc, spec.id, state, final, doc_size, run_was):
+                return NodeEnd(run_ended=True)
+            # The run is over (cancelled): a started node still records its end.
+            recorded = not pure and store.end_node(run_id, spec.id, state, doc_size)
+        else:
+            recorded = store.end_node(run_id, spec.id, state, doc_size, run_was=run_was)
+        if pure and not recorded:  # the run ended meanwhile, or another message recorded the node
+            _not_started(task, node_type, run_id, spec, token)
+        return NodeEnd(
+            handed_on=snapshot_after(started_doc, spec.id, state) if recorded and hand_on else None
+        )
 
     skip_reason = dependency_verdict(spec, before.get("nodes", {}))
     if skip_reason:
@@ -136,7 +186,7 @@ def run_node(
         output = _call(node_type, spec, context)
         if not isinstance(output, Wait):
             state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
-            return record(state, doc_size=len(bson.encode(before)))
+            return record(state, doc_size=document_size(before))
     except DocumentTooLarge as exc:
         return record(_failure(exc, attempt, started, with_traceback=False))
     except Exception as exc:
@@ -146,11 +196,11 @@ def run_node(
                 "run %s node %s attempt %d failed (%s); retry in %.1fs", run_id, spec.id, attempt, exc, delay
             )
             retrying = _failure(exc, attempt, started) | {"status": "running", "finished_at": None}
-            store.set_node_state(run_id, spec.id, retrying, ["running"])
+            store.set_node_state(run_id, spec.id, retrying, NODE_STARTABLE)
             raise task.retry(countdown=delay, exc=exc) from exc
         return record(_failure(exc, attempt, started))
     begin_wait(task, node_type, spec, context, output)
-    return False
+    return NodeEnd()
 
 
 def _end_node_and_run(
@@ -160,6 +210,7 @@ def _end_node_and_run(
     state: dict[str, Any],
     final: dict[str, Any],
     doc_size: int,
+    run_was: RunStatus | None = None,
 ) -> bool:
     """Record the run's last node and end the run in one update; True when this call did.
 
@@ -171,7 +222,14 @@ def _end_node_and_run(
         {**before, "nodes": nodes}, final.get("output"), final.get("final_nodes") or []
     )
     ended = app.store.end_last_node(
-        before["_id"], node_id, state, status, results=results, error=error, doc_size=doc_size
+        before["_id"],
+        node_id,
+        state,
+        status,
+        results=results,
+        error=error,
+        doc_size=doc_size,
+        run_was=run_was,
     )
     if ended is None:
         return False

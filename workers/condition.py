@@ -53,4 +53,5 @@ node_type = NodeType(
     run=run,
     description="takes the `yes` or `no` branch depending on `if`",
     branches=("yes", "no"),
+    pure=True,
 )

@@ -164,4 +164,5 @@ node_type = NodeType(
     params=MergeParams,
     run=run,
     description="combines the outputs of its `after` nodes (object, concat or sum)",
+    pure=True,
 )

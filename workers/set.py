@@ -20,4 +20,4 @@ def run(params: SetParams, context: NodeContext) -> dict[str, Any]:
     return dict(params.model_extra or {})
 
 
-node_type = NodeType(name="set", params=SetParams, run=run, description="returns its params")
+node_type = NodeType(name="set", params=SetParams, run=run, description="returns its params", pure=True)

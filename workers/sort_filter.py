@@ -120,4 +120,5 @@ node_type = NodeType(
     run=run,
     description="filters a list with an expression, sorts it by a key and keeps the first `limit`",
     raw_params=frozenset({"where"}),
+    pure=True,
 )
