@@ -8,7 +8,10 @@ What it measures, in one run, against the same Redis and the same single worker
   polled every 2 ms);
 * the engine: a workflow of N `set` nodes in a line (node i after node i-1), registered with
   `Orchestrator.register(dict)`, timed from `Orchestrator.trigger` until `Orchestrator.wait`
-  sees the run document `finished`.
+  sees the run document `finished`. `set` is pure: each node after the first is handed the
+  run document by the node before and records its end in one update;
+* for comparison (not the target): the same line of `sleep` nodes of 0 s, which are not pure
+  (a start that reads the document, then an end: two MongoDB operations per node).
 
 Each is run once to warm up, then `--repeat` times (interleaved). The table gives the median
 per-step time of the chain, the median per-node time of the workflow and their ratio; the
@@ -38,7 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,7 +67,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: `bench` is not an installed package
     sys.path.insert(0, str(REPO))
 
-from bench.store_floor import node_start_end_over_growth_s, ratio_floor  # noqa: E402
+from bench.store_floor import node_end_over_growth_s, ratio_floor  # noqa: E402
 
 QUEUE_ENV = "BENCH_QUEUE"  # read by bench/bench_app.py
 NOOP_TASK = "bench.noop"
@@ -216,14 +219,17 @@ def time_chain(app: OrchestratorApp, steps: int, timeout: float) -> Sample:
     return Sample(total, stamped)
 
 
-def line_workflow(name: str, nodes: int) -> dict[str, Any]:
-    """A workflow of `nodes` `set` nodes, each after the one before."""
+def line_workflow(name: str, nodes: int, node_type: str = "set") -> dict[str, Any]:
+    """A workflow of `nodes` nodes of `node_type` (`set`, or `sleep` of 0 s), each after the one before."""
     ids = [f"n{i:04d}" for i in range(nodes)]
+    params: Callable[[int], dict[str, Any]] = (
+        (lambda i: {"seconds": 0}) if node_type == "sleep" else (lambda i: {"i": i})
+    )
     return {
         "name": name,
-        "description": f"benchmark: {nodes} set nodes in a line",
+        "description": f"benchmark: {nodes} {node_type} nodes in a line",
         "nodes": [
-            {"id": node_id, "type": "set", "params": {"i": i}, **({"after": [ids[i - 1]]} if i else {})}
+            {"id": node_id, "type": node_type, "params": params(i), **({"after": [ids[i - 1]]} if i else {})}
             for i, node_id in enumerate(ids)
         ],
     }
@@ -268,14 +274,15 @@ def _median_ms(values: list[float]) -> str:
 
 
 def store_time_per_node(orch: Orchestrator, name: str) -> float:
-    """MongoDB's own median time for one node's start and end, over the run document's growth."""
+    """MongoDB's own median time for one node, over the run document's growth: its end
+    alone, since every `set` node after the first is handed the document (one update)."""
     finished = orch.store.runs.find_one({"workflow": name, "status": "finished"})
     if finished is None:
         raise RuntimeError(f"no finished run of {name} to measure the store on")
-    return node_start_end_over_growth_s(orch.store.runs, finished)
+    return node_end_over_growth_s(orch.store.runs, finished)
 
 
-def report(raw: list[Sample], flow: list[Sample], steps: int, store_s: float) -> None:
+def report(raw: list[Sample], flow: list[Sample], impure: list[Sample], steps: int, store_s: float) -> None:
     """Print the table: per-step time of the chain, per-node time of the workflow, ratio."""
     print(f"\n{'':26}{'total ms':>10}{'per step ms':>13}{'min':>9}{'max':>9}   (medians of {len(raw)} runs)")
     for label, samples in (("raw Celery chain (noop)", raw), ("workflow (set nodes)", flow)):
@@ -285,6 +292,12 @@ def report(raw: list[Sample], flow: list[Sample], steps: int, store_s: float) ->
     ratio = statistics.median(s.total_s for s in flow) / statistics.median(s.total_s for s in raw)
     verdict = "OK" if ratio <= 2 else "ABOVE TARGET"
     print(f"{'ratio workflow / raw':26}{'':10}{ratio:>13.2f}   (target <= 2.00: {verdict})")
+    if impure:
+        per = [s.total_s / steps for s in impure]
+        impure_total = statistics.median(s.total_s for s in impure)
+        versus = impure_total / statistics.median(s.total_s for s in raw)
+        print(f"{'sleep 0 s nodes (not pure)':26}{_ms(impure_total):>10}{_median_ms(per):>13}"
+              f"{_ms(min(per)):>9}{_ms(max(per)):>9}   (for comparison: ratio {versus:.2f})")  # fmt: skip
 
     stamped_raw = statistics.median(s.stamped_s for s in raw)
     stamped_flow = statistics.median(s.stamped_s for s in flow)
@@ -298,7 +311,7 @@ def report(raw: list[Sample], flow: list[Sample], steps: int, store_s: float) ->
     print(f"  inside a node (its own timestamps):    {_median_ms([s.in_node_s for s in flow])} ms")
     print(f"  from a node's end to the next's start: {_median_ms([s.between_s for s in flow])} ms")
     raw_step = statistics.median(s.total_s for s in raw) / steps
-    print(f"  MongoDB's own time per node (start + end, one at a time): {_ms(store_s)} ms; with it alone "
+    print(f"  MongoDB's own time per node (one update, one at a time): {_ms(store_s)} ms; with it alone "
           f"the ratio cannot go below {ratio_floor(store_s, raw_step):.2f} on this store")  # fmt: skip
 
 
@@ -313,6 +326,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--nodes", type=int, default=100, help="chain steps / workflow nodes (default 100)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per run (default 600)")
+    parser.add_argument(
+        "--no-compare",
+        dest="compare",
+        action="store_false",
+        help="skip the comparison line of `sleep` nodes of 0 s (not pure: two MongoDB operations each)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.nodes < 1:
         parser.error("--repeat and --nodes must be at least 1")
@@ -328,11 +347,13 @@ def run_benchmark(args: argparse.Namespace, home: Path) -> None:
         app.conf.task_default_queue = queue  # before anything is sent: the worker's queue only
         orch = Orchestrator(app=app)
         name = f"bench_line_{args.nodes}_{queue[6:]}"
+        impure_name = f"bench_sleep_line_{args.nodes}_{queue[6:]}"
         try:
             redis_server = f"redis-server {redis_version(found.redis_url)}"
             print(f"Redis:   {found.redis_url}  ({redis_server}; {found.redis_origin})")
             print(f"MongoDB: {found.mongo_url}  ({mongo_version(orch)}; {found.mongo_origin})")
             orch.register(line_workflow(name, args.nodes))
+            orch.register(line_workflow(impure_name, args.nodes, "sleep"))
             with worker(app, found, queue, home / "worker.log") as hostname:
                 print(f"worker:  {hostname} (prefork, concurrency 1), queue {queue}")
                 print(
@@ -342,13 +363,17 @@ def run_benchmark(args: argparse.Namespace, home: Path) -> None:
                 time_workflow(orch, name, args.timeout)
                 raw: list[Sample] = []
                 flow: list[Sample] = []
+                impure: list[Sample] = []
                 for _ in range(args.repeat):
                     raw.append(time_chain(app, args.nodes, args.timeout))
                     flow.append(time_workflow(orch, name, args.timeout))
-            report(raw, flow, args.nodes, store_time_per_node(orch, name))
+                    if args.compare:
+                        impure.append(time_workflow(orch, impure_name, args.timeout))
+            report(raw, flow, impure, args.nodes, store_time_per_node(orch, name))
         finally:
-            orch.store.runs.delete_many({"workflow": name})
-            orch.store.delete_workflow(name)
+            for workflow_name in (name, impure_name):
+                orch.store.runs.delete_many({"workflow": workflow_name})
+                orch.store.delete_workflow(workflow_name)
             orch.close()
             app.close()
 

@@ -1,7 +1,8 @@
 """How much of a benchmark's time the MongoDB server needs on its own.
 
 Every node costs its run document a start (`find_one_and_update`, returning the document) and
-an end (`update_one`); a child run also costs an insert, a workflow read, its `dispatched_at`
+an end (`update_one`), but a pure node handed the document by the node before it costs the end
+alone; a child run also costs an insert, a workflow read, its `dispatched_at`
 and its own node's start and end (which also ends the run). This module times those
 operations, one at a time, on copies of documents the benchmark itself made, so a benchmark
 can print the server's share beside its result: the time the store alone needs, and the
@@ -64,9 +65,12 @@ def node_start_and_end_s(runs: Collection[Document], doc: Document, node_id: str
     return start, end
 
 
-def node_start_end_over_growth_s(runs: Collection[Document], finished: Document) -> float:
-    """A node's start plus end, averaged over a run document's growth: timed on a new run's
-    document (every node pending) and on `finished` (every output in), at its middle node."""
+def _over_growth(
+    runs: Collection[Document], finished: Document, cost: Callable[[tuple[float, float]], float]
+) -> float:
+    """`cost` of a node's (start, end) times, averaged over a run document's growth: timed on
+    a new run's document (every node pending) and on `finished` (every output in), at its
+    middle node."""
     node_ids = sorted(finished["nodes"])
     middle = node_ids[len(node_ids) // 2]
     fresh = new_run_document(
@@ -77,8 +81,19 @@ def node_start_end_over_growth_s(runs: Collection[Document], finished: Document)
         trigger={"type": "api"},
     ) | {"status": "running"}
     return (
-        sum(node_start_and_end_s(runs, fresh, middle)) + sum(node_start_and_end_s(runs, finished, middle))
+        cost(node_start_and_end_s(runs, fresh, middle)) + cost(node_start_and_end_s(runs, finished, middle))
     ) / 2
+
+
+def node_start_end_over_growth_s(runs: Collection[Document], finished: Document) -> float:
+    """A node's start plus end, averaged over a run document's growth."""
+    return _over_growth(runs, finished, sum)
+
+
+def node_end_over_growth_s(runs: Collection[Document], finished: Document) -> float:
+    """A node's end alone, averaged over a run document's growth: all a pure node that was
+    handed the document costs the store."""
+    return _over_growth(runs, finished, lambda times: times[1])
 
 
 def insert_s(runs: Collection[Document], doc: Document) -> float:

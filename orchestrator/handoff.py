@@ -16,6 +16,7 @@ is handed on and the next node reads the document.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import bson
@@ -27,6 +28,8 @@ SIZE_KEY = "_size"
 
 _KEPT = ("status", "output", "error")
 _PENDING = {"status": "pending", "attempts": 0}
+# A run's start turns its `started_at` from null into a date.
+_STARTED = len(bson.encode({"started_at": datetime(2000, 1, 1)})) - len(bson.encode({"started_at": None}))
 
 
 def snapshot_after(before: dict[str, Any], node_id: str, state: dict[str, Any]) -> str | None:
@@ -40,6 +43,8 @@ def snapshot_after(before: dict[str, Any], node_id: str, state: dict[str, Any]) 
     size = document_size(before) + len(bson.encode({node_id: state}))
     if old.get("status") == "pending":
         size -= len(bson.encode({node_id: _PENDING}))
+    if before["status"] == "pending":
+        size += _STARTED
     nodes = {other: _compact(s) for other, s in before["nodes"].items()}
     nodes[node_id] = _compact(state)
     snapshot = {

@@ -117,6 +117,10 @@ class NodeType(Generic[P]):
     starts from the run document that node handed on instead of reading it again. Such a
     node may be computed twice (a message delivered again); only one end is recorded."""
 
+    def __post_init__(self) -> None:
+        if self.pure and self.resume is not None:
+            raise ConfigurationError(f"node type '{self.name}' cannot be pure and wait (it has `resume`)")
+
 
 BUILTIN_BRANCHES: dict[str, tuple[str, ...]] = {"condition": ("yes", "no")}
 

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from orchestrator.errors import NodeError
+from orchestrator.handoff import SIZE_KEY
 from orchestrator.registry import NodeContext, NodeType
 
 
@@ -75,6 +76,15 @@ def block(params: BlockParams, context: NodeContext) -> str:
     return "woke up"
 
 
+class PeekParams(BaseModel):
+    pass
+
+
+def peek(params: PeekParams, context: NodeContext) -> dict[str, Any]:
+    """A pure node that tells what it ran from: a snapshot handed on, or the document read."""
+    return {"handed_on": SIZE_KEY in context.run, "saw": sorted(context.outputs)}
+
+
 node_types = [
     NodeType(name="block", params=BlockParams, run=block),
     NodeType(name="flaky", params=FlakyParams, run=flaky),
@@ -82,4 +92,6 @@ node_types = [
     NodeType(name="big", params=BigParams, run=big),
     NodeType(name="count", params=CountParams, run=count),
     NodeType(name="not_json", params=NotJsonParams, run=not_json),
+    NodeType(name="peek", params=PeekParams, run=peek, pure=True),
+    NodeType(name="pure_flaky", params=FlakyParams, run=flaky, pure=True),
 ]

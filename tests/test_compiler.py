@@ -107,3 +107,62 @@ def test_a_line_that_fans_out_keeps_the_line_then_the_group(app: OrchestratorApp
         "chain",
         ("a", "b", ("chord", ("c", "d"), "END")),
     )
+
+
+def handing(app: OrchestratorApp, nodes: list[dict[str, Any]]) -> dict[str, tuple[bool, bool]]:
+    """For each node of the compiled canvas: (hands the document on, takes it from the node before)."""
+    canvas = compile_workflow(
+        app, parse_workflow({"name": "W", "nodes": nodes}), "run1", app.registry.pure_types()
+    )
+    found: dict[str, tuple[bool, bool]] = {}
+
+    def walk(sig: Signature) -> None:
+        if isinstance(sig, chord):
+            walk(group(sig.tasks))
+            walk(sig.body)
+        elif isinstance(sig, group | _chain):
+            for member in sig.tasks:
+                walk(member)
+        elif sig.task.startswith("workers."):
+            found[sig.kwargs["node"]["id"]] = (bool(sig.kwargs.get("hand_on")), not sig.immutable)
+
+    walk(canvas)
+    return found
+
+
+def test_a_node_hands_the_run_document_on_to_a_pure_node_right_after_it(app: OrchestratorApp) -> None:
+    assert handing(
+        app,
+        [
+            {"id": "a", "type": "set"},
+            {"id": "b", "type": "set", "after": ["a"]},
+            {"id": "c", "type": "sleep", "after": ["b"], "params": {"seconds": 0}},
+            {"id": "d", "type": "condition", "after": ["c"], "params": {"if": True}},
+        ],
+    ) == {
+        "a": (True, False),  # the first node reads the document; hands it on to b
+        "b": (False, True),  # c is not pure: it starts (and reads) as every node does
+        "c": (True, False),
+        "d": (False, True),
+    }
+
+
+def test_after_parallel_work_a_pure_node_reads_the_document(app: OrchestratorApp) -> None:
+    assert handing(
+        app,
+        [
+            {"id": "a", "type": "set"},
+            {"id": "b", "type": "set", "after": ["a"]},
+            {"id": "c", "type": "set", "after": ["a"]},
+            {"id": "d", "type": "merge", "after": ["b", "c"]},
+        ],
+    ) == {"a": (False, False), "b": (False, False), "c": (False, False), "d": (False, False)}
+
+
+def test_a_handed_on_message_shows_what_it_carries_not_the_document(app: OrchestratorApp) -> None:
+    spec = parse_workflow(
+        {"name": "W", "nodes": [{"id": "a", "type": "set"}, {"id": "b", "type": "set", "after": ["a"]}]}
+    )
+    canvas = compile_workflow(app, spec, "run1", app.registry.pure_types())
+    assert isinstance(canvas, _chain)
+    assert canvas.tasks[1].options["argsrepr"] == "(the run document the node before handed on)"

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
+from orchestrator.handoff import snapshot_after
 from orchestrator.models import Run
 from tests.conftest import not_none, wait_for, workflow
 
@@ -278,3 +279,105 @@ def test_run_document_follows_the_contract(orch: Orchestrator) -> None:
     assert doc["variables"] == {"symbol": "ETH"} and doc["depth"] == 0 and doc["root_run_id"] == result.id
     assert set(doc["nodes"]["a"]) >= {"status", "output", "error", "attempts", "started_at", "finished_at"}
     assert result.created_at <= not_none(result.started_at) <= not_none(result.finished_at)
+
+
+# -- pure nodes: recorded once at their end, handed the run document by the node before ------
+
+
+def test_a_pure_node_runs_from_the_document_the_node_before_it_handed_on(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "Hand On",
+            {"id": "first", "type": "peek"},
+            {"id": "a", "type": "set", "after": ["first"], "params": {"n": 1}},
+            {"id": "b", "type": "peek", "after": ["a"]},
+            {"id": "c", "type": "sleep", "after": ["b"], "params": {"seconds": 0}},
+            {"id": "d", "type": "peek", "after": ["c"]},
+            {"id": "e", "type": "set", "after": ["d"], "params": {"n": "{{ nodes.a.output.n + 1 }}"}},
+        ),
+    )
+    assert result.status == "finished" and result.results == {"e": {"n": 2}}
+    assert result.nodes["first"].output == {"handed_on": False, "saw": []}  # the first node reads
+    assert result.nodes["b"].output == {"handed_on": True, "saw": ["a", "first"]}
+    assert result.nodes["d"].output == {"handed_on": True, "saw": ["a", "b", "c", "first"]}
+    for state in result.nodes.values():
+        assert state.status == "finished" and state.started_at is not None and state.finished_at is not None
+    assert result.started_at is not None and result.started_at <= not_none(result.nodes["a"].started_at)
+
+
+def test_a_pure_node_after_parallel_work_reads_the_document(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "Fan In Pure",
+            {"id": "left", "type": "set", "params": {"side": "left"}},
+            {"id": "right", "type": "set", "params": {"side": "right"}},
+            {"id": "both", "type": "peek", "after": ["left", "right"]},
+        ),
+    )
+    assert result.status == "finished"
+    assert result.nodes["both"].output == {"handed_on": False, "saw": ["left", "right"]}
+
+
+def test_a_pure_node_that_fails_retries_and_the_chain_goes_on_once(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "Pure Retry",
+            {"id": "a", "type": "set", "params": {"n": 1}},
+            {
+                "id": "shaky",
+                "type": "pure_flaky",
+                "after": ["a"],
+                "params": {"succeed_on": 2},
+                "retry": {"max_attempts": 3, "backoff_s": 0.1},
+            },
+            {"id": "next", "type": "count", "after": ["shaky"], "params": {"key": "pure-retry-next"}},
+        ),
+    )
+    assert result.status == "finished"
+    assert result.nodes["shaky"].output == {"attempt": 2} and result.nodes["shaky"].attempts == 2
+    assert result.nodes["next"].output == 1
+
+
+def test_a_cancelled_run_records_no_pure_node_after_the_one_running(orch: Orchestrator) -> None:
+    orch.register(
+        workflow(
+            "Cancel Pure",
+            {"id": "first", "type": "sleep", "params": {"seconds": 1}},
+            {"id": "second", "type": "set", "after": ["first"], "params": {"n": 2}},
+            {"id": "third", "type": "set", "after": ["second"], "params": {"n": 3}},
+        )
+    )
+    run_id = orch.trigger("Cancel Pure")
+    wait_for(lambda: orch.get_run(run_id).nodes["first"].status == "running", what="first node running")
+    assert orch.cancel(run_id) == [run_id]
+    wait_for(lambda: orch.get_run(run_id).nodes["first"].status == "finished", what="the first node's end")
+    marker = run(orch, workflow("Marker", {"id": "m", "type": "set"}))  # the worker has drained its queue
+    assert marker.status == "finished"
+    cancelled = orch.get_run(run_id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.nodes["second"].status == "pending" and cancelled.nodes["third"].status == "pending"
+
+
+def test_a_redelivered_pure_node_message_with_a_stale_document_changes_nothing(orch: Orchestrator) -> None:
+    spec = workflow(
+        "Pure Once",
+        {"id": "a", "type": "set", "params": {"n": 1}},
+        {"id": "b", "type": "set", "after": ["a"], "params": {"n": "{{ nodes.a.output.n + 1 }}"}},
+    )
+    result = run(orch, spec)
+    assert result.status == "finished" and result.nodes["b"].output == {"n": 2}
+    # b's message again, carrying the document as a handed it on (b still pending in it)
+    doc = orch.store.get_run_document(result.id)
+    stale = snapshot_after(doc | {"status": "running", "nodes": {**doc["nodes"], "b": {"status": "pending"}}},
+                           "a", doc["nodes"]["a"])  # fmt: skip
+    node = {"id": "b", "type": "set", "after": ["a"], "params": {"n": 99}}
+    orch.app.signature("workers.set", args=(stale,), kwargs={"run_id": result.id, "node": node}).apply_async()
+    marker = run(orch, workflow("Marker", {"id": "m", "type": "set"}))  # the worker has drained its queue
+    assert marker.status == "finished"
+    again = orch.get_run(result.id)
+    assert (
+        again.status == "finished" and again.nodes["b"].output == {"n": 2} and again.results == result.results
+    )

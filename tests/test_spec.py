@@ -148,3 +148,25 @@ def test_a_bad_schedule_is_refused_at_load_time(schedule: dict[str, str], messag
     with pytest.raises(WorkflowValidationError) as caught:
         parse_workflow(data)
     assert message in str(caught.value) and "schedule" in str(caught.value)
+
+
+def test_a_node_type_cannot_be_both_pure_and_waiting() -> None:
+    from pydantic import BaseModel
+
+    from orchestrator.errors import ConfigurationError
+    from orchestrator.registry import NodeType
+
+    with pytest.raises(ConfigurationError, match="'waits_purely' cannot be pure and wait"):
+        NodeType(
+            name="waits_purely",
+            params=BaseModel,
+            run=lambda p, c: None,
+            resume=lambda d, c, t: None,
+            pure=True,
+        )
+
+
+def test_the_built_in_logic_types_are_pure_and_those_with_effects_are_not() -> None:
+    from orchestrator.registry import load_registry
+
+    assert load_registry().pure_types() == {"set", "condition", "merge", "sort_filter"}

@@ -122,6 +122,45 @@ def test_the_only_source_starts_the_run_in_one_update_and_a_redelivery_keeps_its
     assert store.get_run(run_id).started_at == started
 
 
+def test_a_pure_nodes_end_is_also_the_start_of_a_pending_run(store: RunStore) -> None:
+    run_id = new_run(store)
+    state = node_state(status="finished", output=1, attempts=1)
+    assert store.end_node(run_id, "a", state, run_was="pending")
+    run = store.get_run(run_id)
+    assert run.status == "running" and isinstance(run.started_at, datetime)
+    assert run.nodes["a"].status == "finished" and run.nodes["a"].output == 1
+
+
+def test_a_pure_node_whose_run_started_meanwhile_still_records_its_end(store: RunStore) -> None:
+    run_id = new_run(store)
+    assert store.start_node(run_id, "b", 1) is not None  # another source started the run
+    started = store.get_run(run_id).started_at
+    assert store.end_node(run_id, "a", node_state(status="finished", output=1), run_was="pending")
+    run = store.get_run(run_id)
+    assert run.nodes["a"].status == "finished" and run.started_at == started
+
+
+def test_a_pure_node_records_nothing_in_a_cancelled_run_and_ends_once(store: RunStore) -> None:
+    cancelled = new_run(store)
+    store.cancel_run(cancelled)
+    assert not store.end_node(cancelled, "a", node_state(status="finished"), run_was="running")
+    assert store.get_run(cancelled).nodes["a"].status == "pending"
+
+    run_id = new_run(store)
+    assert store.end_node(run_id, "a", node_state(status="finished", output=1), run_was="pending")
+    assert not store.end_node(run_id, "a", node_state(status="finished", output=2), run_was="running")
+    assert store.get_run(run_id).nodes["a"].output == 1
+
+
+def test_a_pure_last_node_starts_and_ends_a_pending_run_in_one_update(store: RunStore) -> None:
+    run_id = new_run(store, nodes=("a",))
+    state = node_state(status="finished", output=1, attempts=1)
+    ended = store.end_last_node(run_id, "a", state, "finished", results=1, run_was="pending")
+    assert ended is not None and ended["status"] == "finished"
+    run = store.get_run(run_id)
+    assert run.started_at is not None and run.finished_at is not None and run.started_at <= run.finished_at
+
+
 def test_output_that_would_pass_the_size_limit_is_refused(store: RunStore) -> None:
     small = RunStore(store.db, max_run_doc_bytes=16 * 1024)
     run_id = new_run(small)

@@ -1,0 +1,75 @@
+"""The snapshot a node hands on to a pure node after it: what it holds, its size, its limits."""
+
+from __future__ import annotations
+
+import json
+
+import bson
+import pytest
+
+from orchestrator import Orchestrator
+from orchestrator.constants import HAND_ON_MAX_BYTES
+from orchestrator.handoff import SIZE_KEY, document_size, snapshot_after, snapshot_of
+from orchestrator.models import new_run_document, new_run_id, node_state
+from orchestrator.store import RunStore
+
+
+@pytest.fixture
+def store(orch: Orchestrator) -> RunStore:
+    return orch.store
+
+
+def new_run(store: RunStore, nodes: list[str]) -> str:
+    run_id = new_run_id()
+    doc = new_run_document(
+        run_id=run_id, workflow="W", node_ids=nodes, variables={"symbol": "BTC"}, trigger={"type": "api"}
+    )
+    store.create_run(doc)
+    return run_id
+
+
+def test_the_snapshot_holds_what_a_pure_node_runs_from(store: RunStore) -> None:
+    run_id = new_run(store, ["a", "b", "c"])
+    before = store.get_run_document(run_id)
+    state = node_state(status="finished", output={"n": 1}, attempts=1)
+    snapshot = snapshot_of(snapshot_after(before, "a", state), run_id)
+    assert snapshot is not None
+    assert snapshot["_id"] == run_id and snapshot["workflow"] == "W" and snapshot["status"] == "running"
+    assert snapshot["variables"] == {"symbol": "BTC"}
+    assert snapshot["nodes"] == {"a": {"status": "finished", "output": {"n": 1}}, "b": {"status": "pending"},
+                                 "c": {"status": "pending"}}  # fmt: skip
+
+
+def test_the_snapshot_counts_the_document_size_as_the_store_has_it(store: RunStore) -> None:
+    run_id = new_run(store, ["a", "b", "c"])
+    doc = store.get_run_document(run_id)
+    handed = None
+    for node_id, output in (("a", {"n": 1}), ("b", "x" * 3000), ("c", [1, 2, 3])):
+        state = node_state(status="finished", output=output, attempts=1)
+        before = snapshot_of(handed, run_id) or doc
+        assert store.end_node(run_id, node_id, state, run_was="pending" if node_id == "a" else "running")
+        handed = snapshot_after(before, node_id, state)
+    snapshot = snapshot_of(handed, run_id)
+    assert snapshot is not None
+    assert snapshot[SIZE_KEY] == len(bson.encode(store.get_run_document(run_id))) == document_size(snapshot)
+
+
+def test_a_snapshot_past_the_limit_is_not_handed_on(store: RunStore) -> None:
+    run_id = new_run(store, ["a", "b"])
+    state = node_state(status="finished", output="x" * HAND_ON_MAX_BYTES, attempts=1)
+    assert snapshot_after(store.get_run_document(run_id), "a", state) is None
+
+
+@pytest.mark.parametrize(
+    "previous",
+    [
+        None,
+        42,
+        "not json",
+        "[1, 2]",
+        json.dumps({"_id": "another run", "nodes": {}}),
+        json.dumps({"_id": "r"}),
+    ],
+)
+def test_anything_but_a_snapshot_of_this_run_is_not_taken_for_one(previous: object) -> None:
+    assert snapshot_of(previous, "r") is None
