@@ -6,6 +6,8 @@ status: the task of the run's last node, or a finalize task after parallel work.
 Retries (`retry:` in the node spec) use `self.retry`, which keeps the node's place in its
 chain or chord. Every state change goes through the store's compare-and-set, so a
 redelivered message finds its node over and only lets the canvas go on.
+Pure nodes (`NodeType.pure`) skip their start: recorded once, at their end, from the run
+document the node before them in a chain handed on (`orchestrator.handoff`), or read.
 """
 
 from __future__ import annotations
@@ -149,15 +151,11 @@ def run_node(
     store: RunStore = task.app.store
     attempt = task.request.retries + 1
     pure = node_type.pure and token is None
-    run_was: RunStatus | None = None
-    before: dict[str, Any] | None
     if pure:
-        before = snapshot_of(previous, run_id) or store.get_run_document(run_id)
-        run_was = before["status"]
-        if run_was not in RUN_ACTIVE or before["nodes"][spec.id]["status"] not in NODE_STARTABLE:
-            before = None
+        before = _pure_start(store, run_id, spec.id, previous)
+        run_was: RunStatus | None = before["status"] if before else None
     else:
-        before = store.start_node(run_id, spec.id, attempt, first=first)
+        before, run_was = store.start_node(run_id, spec.id, attempt, first=first), None
     if before is None:
         _not_started(task, node_type, run_id, spec, token)
         return NodeEnd()
@@ -201,6 +199,15 @@ def run_node(
         return record(_failure(exc, attempt, started))
     begin_wait(task, node_type, spec, context, output)
     return NodeEnd()
+
+
+def _pure_start(store: RunStore, run_id: str, node_id: str, previous: Any) -> dict[str, Any] | None:
+    """The document a pure node runs from: the snapshot handed on, else the run document
+    read; None when the run is over or the node is not startable (nothing is written)."""
+    doc = snapshot_of(previous, run_id) or store.get_run_document(run_id)
+    if doc["status"] not in RUN_ACTIVE or doc["nodes"][node_id]["status"] not in NODE_STARTABLE:
+        return None
+    return doc
 
 
 def _end_node_and_run(
