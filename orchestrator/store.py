@@ -287,8 +287,9 @@ class RunStore:
                 return after
         return None
 
+    @classmethod
     def _end_updates(
-        self,
+        cls,
         run_id: str,
         node_id: str,
         state: Document,
@@ -302,7 +303,7 @@ class RunStore:
         run; when the run was pending, its end is also the run's start, and a run started
         meanwhile by another node is tried next.
         """
-        where = self._ending(run_id, node_id, from_statuses)
+        where = cls._ending(run_id, node_id, from_statuses)
         recorded = {f"nodes.{node_id}": state}
         if run_was is None:
             return [(where, {"$set": recorded})]
