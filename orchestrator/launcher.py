@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery.canvas import Signature
@@ -87,14 +87,16 @@ def prepare_run(
     stored, created = app.store.create_run(doc)
     if created:
         return run_id, canvas
-    if _abandoned(stored, resend_after_s) and _same_nodes(stored, spec) and app.store.claim_dispatch(run_id):
+    resend = _abandoned(stored, resend_after_s) and _same_nodes(stored, spec)
+    if resend and app.store.claim_dispatch(run_id, stored.get("dispatch_claim")):
         logger.warning("run %s of '%s' was never sent to a worker; sending it now", run_id, spec.name)
         return run_id, canvas
     return run_id, None
 
 
 def _abandoned(stored: dict[str, Any], after_s: float) -> bool:
-    """Whether a run is `pending`, never sent, and older than `after_s`: its creator is gone.
+    """Whether a run is `pending`, never sent, older than `after_s` and not claimed by another
+    caller in the last `after_s` seconds: its creator (or claimer) is gone.
 
     A document without `dispatched_at` predates its recording: whether it was sent is unknown.
     """
@@ -102,8 +104,14 @@ def _abandoned(stored: dict[str, Any], after_s: float) -> bool:
         stored.get("status") == "pending"
         and "dispatched_at" in stored
         and stored["dispatched_at"] is None
-        and aware(stored["created_at"]) < utcnow() - timedelta(seconds=after_s)
+        and _older_than(stored["created_at"], after_s)
+        and (stored.get("dispatch_claim") is None or _older_than(stored.get("dispatch_claimed_at"), after_s))
     )
+
+
+def _older_than(when: Any, seconds: float) -> bool:
+    """Whether a stored time is more than `seconds` ago (a missing one counts as long ago)."""
+    return not isinstance(when, datetime) or aware(when) < utcnow() - timedelta(seconds=seconds)
 
 
 def _same_nodes(stored: dict[str, Any], spec: WorkflowSpec) -> bool:
@@ -165,7 +173,7 @@ def relaunch_undispatched(app: OrchestratorApp, grace_s: float = DISPATCH_GRACE_
                 "trigger it again",
             )
             continue
-        if app.store.claim_dispatch(run_id):
+        if app.store.claim_dispatch(run_id, doc.get("dispatch_claim")):
             logger.warning("run %s of '%s' was never sent to a worker; sending it now", run_id, name)
             try:
                 _send(app, run_id, compile_workflow(app, spec, run_id, app.registry.pure_types()))

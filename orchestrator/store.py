@@ -9,6 +9,7 @@ top-level times, no `$push` of sub-documents, no upsert through `find_one_and_up
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -181,13 +182,23 @@ class RunStore:
 
     def release_dispatch(self, run_id: str) -> None:
         """Undo a claim whose send failed, so that the sweeper tries the run again."""
-        self.runs.update_one({"_id": run_id, "status": "pending"}, {"$set": {"dispatched_at": None}})
+        self.runs.update_one(
+            {"_id": run_id, "status": "pending", "dispatched_at": None}, {"$set": {"dispatch_claim": None}}
+        )
 
-    def claim_dispatch(self, run_id: str) -> bool:
-        """Take the sending of a canvas its creator never recorded: True for one caller only."""
+    def claim_dispatch(self, run_id: str, held_by: str | None = None) -> bool:
+        """Take the sending of a canvas its creator never recorded: True for one caller only.
+
+        A claim is a token with its time (`dispatch_claim`, `dispatch_claimed_at`) rather than
+        `dispatched_at` itself, so that a claimer that stops before sending does not leave
+        the run looking sent: once its claim is old, another caller takes it over.
+
+        Args:
+            held_by: the claim the caller found on the run and judged expired (None: none).
+        """
         claimed = self.runs.update_one(
-            {"_id": run_id, "status": "pending", "dispatched_at": None},
-            {"$currentDate": {"dispatched_at": True}},
+            {"_id": run_id, "status": "pending", "dispatched_at": None, "dispatch_claim": held_by},
+            {"$set": {"dispatch_claim": uuid.uuid4().hex}, "$currentDate": {"dispatch_claimed_at": True}},
         )
         return claimed.modified_count == 1
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from kombu.exceptions import OperationalError
 
@@ -9,9 +11,10 @@ from orchestrator import Orchestrator
 from orchestrator.app import create_app
 from orchestrator.embedded import free_port
 from orchestrator.launcher import launch_run, prepare_run, relaunch_undispatched
+from orchestrator.models import new_run_document, utcnow
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
-from tests.conftest import workflow
+from tests.conftest import wait_for, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -77,7 +80,26 @@ def test_the_sweeper_ends_as_error_a_run_whose_workflow_has_other_nodes_now(orch
 def test_one_caller_only_takes_the_sending_of_an_unsent_run(orch: Orchestrator) -> None:
     run_id, _ = prepare_run(orch.app, counted(orch, "Claimed"))
     assert [orch.store.claim_dispatch(run_id) for _ in range(2)] == [True, False]
+    assert relaunch_undispatched(orch.app, grace_s=600) == []
+
+
+def test_a_claim_whose_holder_stopped_before_sending_is_taken_over_once_it_is_old(
+    orch: Orchestrator,
+) -> None:
+    spec = counted(orch, "Claim Lost")
+    doc = new_run_document(run_id="claim-lost-1", workflow=spec.name, node_ids=["c"], variables={},
+                           trigger={"type": "api"})  # fmt: skip
+    orch.store.create_run(doc | {"created_at": utcnow() - timedelta(minutes=10)})  # its creator stopped
+    assert orch.store.claim_dispatch("claim-lost-1")  # ...and so did the sweeper that claimed it
+    assert orch.get_run("claim-lost-1").dispatched_at is None  # it does not look sent
+
+    assert relaunch_undispatched(orch.app, grace_s=60) == []  # the claim is recent: its holder may send
+    assert launch_run(orch.app, spec, run_id="claim-lost-1", resend_after_s=60) == ("claim-lost-1", False)
+    taken = wait_for(lambda: relaunch_undispatched(orch.app, grace_s=0) or None, what="the claim taken over")
+    assert taken == ["claim-lost-1"]
+    assert orch.wait("claim-lost-1", timeout=30).status == "finished"
     assert relaunch_undispatched(orch.app, grace_s=0) == []
+    assert count(orch, "Claim Lost") == 1
 
 
 def test_a_send_the_broker_refuses_is_left_to_the_sweeper(orch: Orchestrator, settings: Settings) -> None:
