@@ -81,9 +81,8 @@ def prepare_run(
         root_run_id=lineage.root_run_id if lineage else None,
         depth=lineage.depth if lineage else 0,
     )
-    canvas = compile_workflow(
-        app, spec, run_id, app.registry.pure_types()
-    )  # before the insert: a bad graph leaves no document
+    # Compiled before the insert: a bad graph leaves no document.
+    canvas = compile_workflow(app, spec, run_id, app.registry.pure_types())
     stored, created = app.store.create_run(doc)
     if created:
         return run_id, canvas
