@@ -3,7 +3,7 @@ branches, chords for fan-in, built explicitly (no `|`, no silent chain-to-chord 
 
 Nodes pass data through the run document, not through Celery results, so the order of
 results in a chord never matters. One exception saves a MongoDB read: in a chain, a node
-followed by a pure node (`NodeType.pure`) hands on a snapshot of the run document as its end
+followed by a node that does not wait hands on a snapshot of the run document as its end
 left it (`orchestrator.handoff`), as the chain's result; only those signatures are mutable.
 Series-parallel graphs compile exactly; for the rest (an "N" shape) the compiler adds a
 barrier after the graph's sources, which is correct but may start some nodes later than
@@ -51,13 +51,13 @@ def node_signature(app: Celery, run_id: str, node: NodeSpec) -> Signature:
 
 
 def compile_workflow(
-    app: Celery, spec: WorkflowSpec, run_id: str, pure_types: Collection[str] = frozenset()
+    app: Celery, spec: WorkflowSpec, run_id: str, handed_types: Collection[str] = frozenset()
 ) -> Signature:
     """The whole run as one canvas: every node, and the step that ends the run.
 
     That step is the task of the run's last node when the run ends with one node, so a
     run costs no task beyond its nodes; after parallel work it is a finalize task.
-    `pure_types` names the node types that start from a document handed on (`hand_on`).
+    `handed_types` names the node types that run from a document handed on (`hand_on`).
     """
     nodes = {node.id: node for node in spec.nodes}
     graph: Graph = {node.id: set(node.dependency_ids()) for node in spec.nodes}
@@ -70,7 +70,7 @@ def compile_workflow(
         return sig
 
     body = compile_graph(graph, leaf, lambda: app.signature(JOIN_TASK, immutable=True))
-    hand_on(body, {NODE_TASK_PREFIX + name for name in pure_types})
+    hand_on(body, {NODE_TASK_PREFIX + name for name in handed_types})
     final = {"output": spec.output, "final_nodes": [n.id for n in spec.final_nodes()]}
     # Engine faults are recorded by the node task's on_failure, not by an errback: an errback
     # would be copied into every message of the chain.
@@ -92,20 +92,21 @@ def last_node(sig: Signature) -> Signature | None:
     return sig if sig.task.startswith(NODE_TASK_PREFIX) else None
 
 
-def hand_on(sig: Signature, pure_tasks: Collection[str]) -> None:
-    """In every chain of the canvas, let a node hand the run document on to a pure node
-    right after it: the node returns it (`hand_on`), the pure node takes it as its argument."""
+def hand_on(sig: Signature, handed_tasks: Collection[str]) -> None:
+    """In every chain of the canvas, let a node hand the run document on to the node right
+    after it, when that one's task is in `handed_tasks`: the node returns it (`hand_on`),
+    the next one takes it as its argument."""
     if isinstance(sig, group | chord):
         for member in sig.tasks:
-            hand_on(member, pure_tasks)
+            hand_on(member, handed_tasks)
     if isinstance(sig, chord):
-        hand_on(sig.body, pure_tasks)
+        hand_on(sig.body, handed_tasks)
     if not isinstance(sig, _chain):
         return
     for member in sig.tasks:
-        hand_on(member, pure_tasks)
+        hand_on(member, handed_tasks)
     for node, after in itertools.pairwise(sig.tasks):
-        if _is_node(node) and _is_node(after) and after.task in pure_tasks:
+        if _is_node(node) and _is_node(after) and after.task in handed_tasks:
             node.kwargs["hand_on"] = True
             after.set_immutable(False)
             after.set(argsrepr="(the run document the node before handed on)")

@@ -1,14 +1,17 @@
-"""What a node hands on to a pure node right after it in a chain, so that node reads nothing.
+"""What a node hands on to the node right after it in a chain, so that node reads nothing.
 
-A node whose chain goes on with a pure node (`NodeType.pure`) returns a snapshot of the run
-document as its own end leaves it; Celery's chain gives that return value to the next task as
-its argument. The snapshot is what a pure node runs from: the run's id, workflow, status and
-variables, and each node's status, output and error, with the document's size in bytes.
+A node whose chain goes on with a node that does not wait (a type without `resume`) returns
+a snapshot of the run document as its own end leaves it; Celery's chain gives that return
+value to the next task as its argument. The snapshot is the run document without its times
+and wait records: its id, workflow, status, variables, trigger and lineage, and each node's
+status, output and error, with the document's size. A pure node (`NodeType.pure`) runs
+from it and costs its run one update, its end; any other node marks itself `running`
+without reading the document back, then ends: two updates, no read.
 
 It is built from the document the node started from plus its own end, not read back: the
-nodes a pure node may depend on (the ones before it in its chain, and before the chain's
+nodes the next node may depend on (the ones before it in its chain, and before the chain's
 start) had all ended by then, and anything that changes the run meanwhile (a cancel) is
-caught by the pure node's own compare-and-set. It travels as JSON text, which Celery
+caught by the next node's own compare-and-set. It travels as JSON text, which Celery
 carries, logs and serialises cheaply whatever it holds; past `HAND_ON_MAX_BYTES` nothing
 is handed on and the next node reads the document.
 """
@@ -27,6 +30,18 @@ SIZE_KEY = "_size"
 """The snapshot's key for the document's size in BSON bytes (no run document has this key)."""
 
 _KEPT = ("status", "output", "error")
+_LEFT_OUT = frozenset(
+    {
+        "created_at",
+        "started_at",
+        "finished_at",
+        "dispatched_at",
+        "dispatch_claimed_at",
+        "waits",
+        "nodes",
+        SIZE_KEY,
+    }
+)
 _PENDING = {"status": "pending", "attempts": 0}
 # A run's start turns its `started_at` from null into a date.
 _STARTED = len(bson.encode({"started_at": datetime(2000, 1, 1)})) - len(bson.encode({"started_at": None}))
@@ -47,15 +62,13 @@ def snapshot_after(before: dict[str, Any], node_id: str, state: dict[str, Any]) 
         size += _STARTED
     nodes = {other: _compact(s) for other, s in before["nodes"].items()}
     nodes[node_id] = _compact(state)
-    snapshot = {
-        "_id": before["_id"],
-        "workflow": before["workflow"],
-        "status": "running",  # the node's end was recorded in an active run, or it started it
-        "variables": before.get("variables", {}),
-        "nodes": nodes,
-        SIZE_KEY: size,
-    }
-    text = json.dumps(snapshot, separators=(",", ":"))
+    snapshot = {key: value for key, value in before.items() if key not in _LEFT_OUT}
+    # The node's end was recorded in an active run, or it started it.
+    snapshot |= {"status": "running", "nodes": nodes, SIZE_KEY: size}
+    try:
+        text = json.dumps(snapshot, separators=(",", ":"))
+    except (TypeError, ValueError):  # a field that is not JSON: let the next node read
+        return None
     return text if len(text) <= HAND_ON_MAX_BYTES else None
 
 

@@ -113,9 +113,9 @@ class NodeType(Generic[P]):
     pure: bool = False
     """The function only computes its output from its params and context, quickly, with no
     effect outside (no messages sent, no data kept). The engine then skips marking the node
-    `running`: it records the node once, when it ends, and after another node of a chain it
-    starts from the run document that node handed on instead of reading it again. Such a
-    node may be computed twice (a message delivered again); only one end is recorded."""
+    `running`: it records the node once, when it ends, so after another node of a chain
+    (which hands it the run document) it costs its run a single update. Such a node may be
+    computed twice (a message delivered again); only one end is recorded."""
 
     def __post_init__(self) -> None:
         if self.pure and self.resume is not None:
@@ -145,6 +145,11 @@ class Registry:
         except KeyError:
             known = ", ".join(sorted(self.types))
             raise ConfigurationError(f"unknown node type '{name}' (known: {known})") from None
+
+    def handed_types(self) -> frozenset[str]:
+        """Names of the types whose nodes run from the run document the node before them in
+        a chain hands on (`orchestrator.handoff`): every type that does not wait."""
+        return frozenset(name for name, node_type in self.types.items() if node_type.resume is None)
 
     def pure_types(self) -> frozenset[str]:
         """Names of the pure types (`NodeType.pure`)."""

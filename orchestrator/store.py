@@ -233,6 +233,25 @@ class RunStore:
             self.runs.update_one({"_id": run_id, "started_at": None}, {"$currentDate": {"started_at": True}})
         return before
 
+    def mark_node_running(self, run_id: str, node_id: str, attempt: int) -> bool:
+        """Mark a node `running` as `start_node` does, without reading the document back: for
+        a node handed the document by the node before it, in a run that node started.
+
+        Returns:
+            True when it was marked; False when the run is over or the node already
+            finished or waits (a redelivered message).
+        """
+        state = {"status": "running", "attempts": attempt, "started_at": utcnow()}
+        marked = self.runs.update_one(
+            {
+                "_id": run_id,
+                f"nodes.{node_id}.status": {"$in": list(NODE_STARTABLE)},
+                "status": {"$in": list(RUN_ACTIVE)},
+            },
+            {"$set": {"status": "running", f"nodes.{node_id}": state}},
+        )
+        return marked.matched_count == 1
+
     def end_node(
         self,
         run_id: str,

@@ -6,8 +6,9 @@ status: the task of the run's last node, or a finalize task after parallel work.
 Retries (`retry:` in the node spec) use `self.retry`, which keeps the node's place in its
 chain or chord. Every state change goes through the store's compare-and-set, so a
 redelivered message finds its node over and only lets the canvas go on.
-Pure nodes (`NodeType.pure`) skip their start: recorded once, at their end, from the run
-document the node before them in a chain handed on (`orchestrator.handoff`), or read.
+A node right after another in a chain runs from the snapshot of the run document that node
+handed on (`orchestrator.handoff`) instead of reading it; pure nodes (`NodeType.pure`) also
+skip their start: recorded once, at their end.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class NodeEnd:
     run_ended: bool = False
     """This message also ended the run (the run's last node)."""
     handed_on: str | None = None
-    """For the chain's next node, a pure one: the run document as the node's end left it."""
+    """For the chain's next node: a snapshot of the run document as the node's end left it."""
 
 
 def run_node(
@@ -138,10 +139,10 @@ def run_node(
         final: the node is the run's last: the run's `output` and final nodes, to end the
             run in the same update that records the node's end.
         previous: what the chain's previous task returned: a snapshot of the run document
-            after that node, when it handed one on. A pure node starts from it instead of
-            reading the document.
-        hand_on: the chain's next task is a pure node: hand it a snapshot of the run
-            document as this node's end leaves it.
+            after that node, when it handed one on (`orchestrator.handoff`). A node that
+            does not wait runs from it instead of reading the document.
+        hand_on: the chain's next task is a node that does not wait: hand it a snapshot of
+            the run document as this node's end leaves it.
 
     Returns when the node is over and this message may let the canvas go on; raises `Retry`
     while the node retries or waits, and `Ignore` when another message goes on.
@@ -151,11 +152,15 @@ def run_node(
     store: RunStore = task.app.store
     attempt = task.request.retries + 1
     pure = node_type.pure and token is None
+    handed = snapshot_of(previous, run_id) if token is None and node_type.resume is None else None
+    run_was: RunStatus | None = None
     if pure:
-        before = _pure_start(store, run_id, spec.id, previous)
-        run_was: RunStatus | None = before["status"] if before else None
+        before = _pure_start(store, run_id, spec.id, handed)
+        run_was = before["status"] if before else None
+    elif handed is not None:
+        before = handed if store.mark_node_running(run_id, spec.id, attempt) else None
     else:
-        before, run_was = store.start_node(run_id, spec.id, attempt, first=first), None
+        before = store.start_node(run_id, spec.id, attempt, first=first)
     if before is None:
         _not_started(task, node_type, run_id, spec, token)
         return NodeEnd()
@@ -201,10 +206,12 @@ def run_node(
     return NodeEnd()
 
 
-def _pure_start(store: RunStore, run_id: str, node_id: str, previous: Any) -> dict[str, Any] | None:
+def _pure_start(
+    store: RunStore, run_id: str, node_id: str, handed: dict[str, Any] | None
+) -> dict[str, Any] | None:
     """The document a pure node runs from: the snapshot handed on, else the run document
     read; None when the run is over or the node is not startable (nothing is written)."""
-    doc = snapshot_of(previous, run_id) or store.get_run_document(run_id)
+    doc = handed or store.get_run_document(run_id)
     if doc["status"] not in RUN_ACTIVE or doc["nodes"][node_id]["status"] not in NODE_STARTABLE:
         return None
     return doc

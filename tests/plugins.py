@@ -85,6 +85,12 @@ def peek(params: PeekParams, context: NodeContext) -> dict[str, Any]:
     return {"handed_on": SIZE_KEY in context.run, "saw": sorted(context.outputs)}
 
 
+def peek_running(params: PeekParams, context: NodeContext) -> dict[str, Any]:
+    """A node that is not pure: what it ran from, and its own status in the store meanwhile."""
+    own = context.store.get_run_document(context.run_id)["nodes"][context.node_id]["status"]
+    return {"handed_on": SIZE_KEY in context.run, "saw": sorted(context.outputs), "own_status": own}
+
+
 node_types = [
     NodeType(name="block", params=BlockParams, run=block),
     NodeType(name="flaky", params=FlakyParams, run=flaky),
@@ -93,5 +99,6 @@ node_types = [
     NodeType(name="count", params=CountParams, run=count),
     NodeType(name="not_json", params=NotJsonParams, run=not_json),
     NodeType(name="peek", params=PeekParams, run=peek, pure=True),
+    NodeType(name="peek_running", params=PeekParams, run=peek_running),
     NodeType(name="pure_flaky", params=FlakyParams, run=flaky, pure=True),
 ]

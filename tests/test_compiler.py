@@ -112,7 +112,7 @@ def test_a_line_that_fans_out_keeps_the_line_then_the_group(app: OrchestratorApp
 def handing(app: OrchestratorApp, nodes: list[dict[str, Any]]) -> dict[str, tuple[bool, bool]]:
     """For each node of the compiled canvas: (hands the document on, takes it from the node before)."""
     canvas = compile_workflow(
-        app, parse_workflow({"name": "W", "nodes": nodes}), "run1", app.registry.pure_types()
+        app, parse_workflow({"name": "W", "nodes": nodes}), "run1", app.registry.handed_types()
     )
     found: dict[str, tuple[bool, bool]] = {}
 
@@ -130,24 +130,24 @@ def handing(app: OrchestratorApp, nodes: list[dict[str, Any]]) -> dict[str, tupl
     return found
 
 
-def test_a_node_hands_the_run_document_on_to_a_pure_node_right_after_it(app: OrchestratorApp) -> None:
+def test_a_node_hands_the_run_document_on_to_the_next_unless_that_one_waits(app: OrchestratorApp) -> None:
     assert handing(
         app,
         [
             {"id": "a", "type": "set"},
-            {"id": "b", "type": "set", "after": ["a"]},
-            {"id": "c", "type": "sleep", "after": ["b"], "params": {"seconds": 0}},
+            {"id": "b", "type": "sleep", "after": ["a"], "params": {"seconds": 0}},
+            {"id": "c", "type": "run_workflow", "after": ["b"], "params": {"workflow": "X", "mode": "wait"}},
             {"id": "d", "type": "condition", "after": ["c"], "params": {"if": True}},
         ],
     ) == {
         "a": (True, False),  # the first node reads the document; hands it on to b
-        "b": (False, True),  # c is not pure: it starts (and reads) as every node does
+        "b": (False, True),  # c waits: it starts (and reads) as a node after parallel work does
         "c": (True, False),
         "d": (False, True),
     }
 
 
-def test_after_parallel_work_a_pure_node_reads_the_document(app: OrchestratorApp) -> None:
+def test_after_parallel_work_a_node_reads_the_document(app: OrchestratorApp) -> None:
     assert handing(
         app,
         [
@@ -163,6 +163,6 @@ def test_a_handed_on_message_shows_what_it_carries_not_the_document(app: Orchest
     spec = parse_workflow(
         {"name": "W", "nodes": [{"id": "a", "type": "set"}, {"id": "b", "type": "set", "after": ["a"]}]}
     )
-    canvas = compile_workflow(app, spec, "run1", app.registry.pure_types())
+    canvas = compile_workflow(app, spec, "run1", app.registry.handed_types())
     assert isinstance(canvas, _chain)
     assert canvas.tasks[1].options["argsrepr"] == "(the run document the node before handed on)"

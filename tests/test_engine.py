@@ -306,6 +306,22 @@ def test_a_pure_node_runs_from_the_document_the_node_before_it_handed_on(orch: O
     assert result.started_at is not None and result.started_at <= not_none(result.nodes["a"].started_at)
 
 
+def test_a_node_with_effects_handed_the_document_is_still_seen_running(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "Hand On Effects",
+            {"id": "a", "type": "set", "params": {"n": 1}},
+            {"id": "b", "type": "peek_running", "after": ["a"]},
+            {"id": "c", "type": "peek_running", "after": ["b"]},
+        ),
+    )
+    assert result.status == "finished"
+    assert result.nodes["b"].output == {"handed_on": True, "saw": ["a"], "own_status": "running"}
+    assert result.nodes["c"].output == {"handed_on": True, "saw": ["a", "b"], "own_status": "running"}
+    assert result.nodes["c"].attempts == 1
+
+
 def test_a_pure_node_after_parallel_work_reads_the_document(orch: Orchestrator) -> None:
     result = run(
         orch,
