@@ -10,8 +10,8 @@ What it measures, in one run, against the same Redis and the same single worker
   `Orchestrator.register(dict)`, timed from `Orchestrator.trigger` until `Orchestrator.wait`
   sees the run document `finished`. `set` is pure: each node after the first is handed the
   run document by the node before and records its end in one update;
-* for comparison (not the target): the same line of `sleep` nodes of 0 s, which are not pure
-  (a start that reads the document, then an end: two MongoDB operations per node).
+* for comparison (not the target): the same line of `sleep` nodes of 0 s, which are not pure:
+  each is handed the document too, but marks itself `running` before it ends (two updates).
 
 Each is run once to warm up, then `--repeat` times (interleaved). The table gives the median
 per-step time of the chain, the median per-node time of the workflow and their ratio; the
@@ -330,7 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-compare",
         dest="compare",
         action="store_false",
-        help="skip the comparison line of `sleep` nodes of 0 s (not pure: two MongoDB operations each)",
+        help="skip the comparison line of `sleep` nodes of 0 s (not pure: two MongoDB updates each)",
     )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.nodes < 1:
