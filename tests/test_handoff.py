@@ -1,4 +1,4 @@
-"""The snapshot a node hands on to a pure node after it: what it holds, its size, its limits."""
+"""The snapshot a node hands on to the next node of its chain: what it holds, its size, its limits."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def new_run(store: RunStore, nodes: list[str]) -> str:
     return run_id
 
 
-def test_the_snapshot_holds_what_a_pure_node_runs_from(store: RunStore) -> None:
+def test_the_snapshot_is_the_run_document_without_its_times(store: RunStore) -> None:
     run_id = new_run(store, ["a", "b", "c"])
     before = store.get_run_document(run_id)
     state = node_state(status="finished", output={"n": 1}, attempts=1)
@@ -36,6 +36,12 @@ def test_the_snapshot_holds_what_a_pure_node_runs_from(store: RunStore) -> None:
     assert snapshot is not None
     assert snapshot["_id"] == run_id and snapshot["workflow"] == "W" and snapshot["status"] == "running"
     assert snapshot["variables"] == {"symbol": "BTC"}
+    assert (
+        snapshot["trigger"] == {"type": "api"}
+        and snapshot["depth"] == 0
+        and snapshot["root_run_id"] == run_id
+    )
+    assert not {"created_at", "started_at", "finished_at", "dispatched_at", "waits"} & set(snapshot)
     assert snapshot["nodes"] == {"a": {"status": "finished", "output": {"n": 1}}, "b": {"status": "pending"},
                                  "c": {"status": "pending"}}  # fmt: skip
 
