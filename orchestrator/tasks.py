@@ -59,6 +59,9 @@ class NodeTask(Task):  # type: ignore[misc]
     acks_late = True
     ignore_result = True  # the run document is the record: no Celery result to store per node
     typing = False
+    # What the worker's log and Flower show of a node's return value, the snapshot it hands
+    # on: its first characters (the run id), not the run's variables and outputs.
+    resultrepr_maxsize = 48
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """An exception escaped the node (an engine fault: MongoDB down, a bug): end the run as `error`."""

@@ -6,6 +6,7 @@ import json
 
 import bson
 import pytest
+from celery.utils.saferepr import saferepr
 
 from orchestrator import Orchestrator
 from orchestrator.constants import HAND_ON_MAX_BYTES
@@ -79,3 +80,11 @@ def test_a_snapshot_past_the_limit_is_not_handed_on(store: RunStore) -> None:
 )
 def test_anything_but_a_snapshot_of_this_run_is_not_taken_for_one(previous: object) -> None:
     assert snapshot_of(previous, "r") is None
+
+
+def test_logs_and_flower_show_the_start_of_a_snapshot_not_the_runs_data(orch: Orchestrator) -> None:
+    run_id = new_run(orch.store, ["a", "b"])
+    state = node_state(status="finished", output={"price": 123456.789}, attempts=1)
+    text = snapshot_after(orch.store.get_run_document(run_id), "a", state)
+    shown = saferepr(text, orch.app.tasks["workers.set"].resultrepr_maxsize)  # as the worker logs it
+    assert run_id in shown and "BTC" not in shown and "123456" not in shown
