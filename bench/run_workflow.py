@@ -355,16 +355,18 @@ def store_time_per_child(orch: Orchestrator, parent_id: str, target: str) -> flo
 
     The parent node's start and end on the parent's document (averaged over its growth:
     every node pending, every node finished), the target workflow's read, the child's
-    insert, and the child's own three: its `dispatched_at` (an update), its node's start,
-    and its node's end with the run's end (each a `find_one_and_update`).
+    insert, and the child's own three: its `dispatched_at` (an update), its node's read
+    (a `set` node is pure: it is not marked running), and its node's end with the run's
+    end (a `find_one_and_update`, timed as a start is).
     """
     runs = orch.store.runs
     parent = orch.store.get_run_document(parent_id)
     parent_s = node_start_end_over_growth_s(runs, parent)
     child = orch.store.get_run_document(child_run_id(parent_id, next(iter(parent["nodes"]))))
     child_node = next(iter(child["nodes"]))
-    child_start_s, child_update_s = node_start_and_end_s(runs, child, child_node)
-    child_s = 2 * child_start_s + child_update_s
+    child_end_s, child_update_s = node_start_and_end_s(runs, child, child_node)
+    child_read_s = median_s(lambda: runs.find_one({"_id": child["_id"]}))
+    child_s = child_update_s + child_read_s + child_end_s
     workflow_s = median_s(lambda: orch.store.workflows.find_one({"_id": target}))
     return parent_s + workflow_s + insert_s(runs, child) + child_s
 
