@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,14 +222,16 @@ def time_chain(app: OrchestratorApp, steps: int, timeout: float) -> Sample:
 def line_workflow(name: str, nodes: int, node_type: str = "set") -> dict[str, Any]:
     """A workflow of `nodes` nodes of `node_type` (`set`, or `sleep` of 0 s), each after the one before."""
     ids = [f"n{i:04d}" for i in range(nodes)]
-    params: Callable[[int], dict[str, Any]] = (
-        (lambda i: {"seconds": 0}) if node_type == "sleep" else (lambda i: {"i": i})
-    )
     return {
         "name": name,
         "description": f"benchmark: {nodes} {node_type} nodes in a line",
         "nodes": [
-            {"id": node_id, "type": node_type, "params": params(i), **({"after": [ids[i - 1]]} if i else {})}
+            {
+                "id": node_id,
+                "type": node_type,
+                "params": {"seconds": 0} if node_type == "sleep" else {"i": i},
+                **({"after": [ids[i - 1]]} if i else {}),
+            }
             for i, node_id in enumerate(ids)
         ],
     }

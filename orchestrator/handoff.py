@@ -47,15 +47,18 @@ _PENDING = {"status": "pending", "attempts": 0}
 _STARTED = len(bson.encode({"started_at": datetime(2000, 1, 1)})) - len(bson.encode({"started_at": None}))
 
 
-def snapshot_after(before: dict[str, Any], node_id: str, state: dict[str, Any]) -> str | None:
+def snapshot_after(
+    before: dict[str, Any], node_id: str, state: dict[str, Any], size_before: int = 0
+) -> str | None:
     """The snapshot, as JSON text, of the run document `before` once node `node_id` ended
     with `state`; None when it is too large to hand on.
 
-    The size is counted up from `before`'s, exactly while the nodes end from `pending`
-    (a node that retried counts its earlier state twice: a little over, never under).
+    The size is counted up from `before`'s (`size_before` when the caller measured it),
+    exactly while the nodes end from `pending` (a node that retried counts its earlier
+    state twice: a little over, never under).
     """
     old = before["nodes"].get(node_id, {})
-    size = document_size(before) + len(bson.encode({node_id: state}))
+    size = (size_before or document_size(before)) + len(bson.encode({node_id: state}))
     if old.get("status") == "pending":
         size -= len(bson.encode({node_id: _PENDING}))
     if before["status"] == "pending":

@@ -151,10 +151,6 @@ class Registry:
         a chain hands on (`orchestrator.handoff`): every type that does not wait."""
         return frozenset(name for name, node_type in self.types.items() if node_type.resume is None)
 
-    def pure_types(self) -> frozenset[str]:
-        """Names of the pure types (`NodeType.pure`)."""
-        return frozenset(name for name, node_type in self.types.items() if node_type.pure)
-
     def names(self) -> list[str]:
         """Names of every registered type, sorted."""
         return sorted(self.types)

@@ -215,9 +215,7 @@ class RunStore:
             The run document as it was before (other nodes' outputs included), or None when
             the run is over or the node already finished or waits (a redelivered message).
         """
-        state = {"status": "running", "attempts": attempt, "started_at": utcnow()}
-        startable = {"_id": run_id, f"nodes.{node_id}.status": {"$in": list(NODE_STARTABLE)}}
-        update: Document = {"$set": {"status": "running", f"nodes.{node_id}": state}}
+        startable, update = self._starting(run_id, node_id, attempt)
         if first:
             before = self.runs.find_one_and_update(
                 {**startable, "status": "pending"},
@@ -241,16 +239,16 @@ class RunStore:
             True when it was marked; False when the run is over or the node already
             finished or waits (a redelivered message).
         """
-        state = {"status": "running", "attempts": attempt, "started_at": utcnow()}
-        marked = self.runs.update_one(
-            {
-                "_id": run_id,
-                f"nodes.{node_id}.status": {"$in": list(NODE_STARTABLE)},
-                "status": {"$in": list(RUN_ACTIVE)},
-            },
-            {"$set": {"status": "running", f"nodes.{node_id}": state}},
-        )
+        startable, update = self._starting(run_id, node_id, attempt)
+        marked = self.runs.update_one({**startable, "status": {"$in": list(RUN_ACTIVE)}}, update)
         return marked.matched_count == 1
+
+    @staticmethod
+    def _starting(run_id: str, node_id: str, attempt: int) -> tuple[Document, Document]:
+        """The filter (the node startable) and update (node and run `running`) of a node's start."""
+        state = {"status": "running", "attempts": attempt, "started_at": utcnow()}
+        startable = {"_id": run_id, f"nodes.{node_id}.status": {"$in": list(NODE_STARTABLE)}}
+        return startable, {"$set": {"status": "running", f"nodes.{node_id}": state}}
 
     def end_node(
         self,

@@ -179,9 +179,8 @@ def run_node(
             recorded = store.end_node(run_id, spec.id, state, doc_size, run_was=run_was)
         if pure and not recorded:  # the run ended meanwhile, or another message recorded the node
             _not_started(task, node_type, run_id, spec, token)
-        return NodeEnd(
-            handed_on=snapshot_after(started_doc, spec.id, state) if recorded and hand_on else None
-        )
+        handing = recorded and hand_on
+        return NodeEnd(handed_on=snapshot_after(started_doc, spec.id, state, doc_size) if handing else None)
 
     skip_reason = dependency_verdict(spec, before.get("nodes", {}))
     if skip_reason:

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,8 +22,9 @@ import redis
 
 from orchestrator import Orchestrator
 from orchestrator.embedded import start_mongo, start_redis, stop_process
-from orchestrator.models import Run
+from orchestrator.models import Run, new_run_document, new_run_id
 from orchestrator.settings import Settings
+from orchestrator.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = "tests.plugins"
@@ -168,3 +170,21 @@ def not_none(value: T | None) -> T:
     """`value` (a timestamp of a run, a document found); fails the test if it is None."""
     assert value is not None, "expected a value, got None"
     return value
+
+
+def new_run(
+    store: RunStore,
+    nodes: tuple[str, ...] = ("a", "b"),
+    *,
+    run_id: str | None = None,
+    workflow: str = "W",
+    variables: dict[str, Any] | None = None,
+    created_at: datetime | None = None,
+    **lineage: Any,
+) -> str:
+    """Insert a new `pending` run document straight into the store (no canvas sent); its id."""
+    run_id = run_id or new_run_id()
+    doc = new_run_document(run_id=run_id, workflow=workflow, node_ids=list(nodes), variables=variables or {},
+                           trigger={"type": "api"}, **lineage)  # fmt: skip
+    store.create_run(doc | ({"created_at": created_at} if created_at else {}))
+    return run_id

@@ -11,10 +11,10 @@ from orchestrator import Orchestrator
 from orchestrator.app import create_app
 from orchestrator.embedded import free_port
 from orchestrator.launcher import launch_run, prepare_run, relaunch_undispatched
-from orchestrator.models import new_run_document, utcnow
+from orchestrator.models import utcnow
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
-from tests.conftest import wait_for, workflow
+from tests.conftest import new_run, wait_for, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -87,9 +87,9 @@ def test_a_claim_whose_holder_stopped_before_sending_is_taken_over_once_it_is_ol
     orch: Orchestrator,
 ) -> None:
     spec = counted(orch, "Claim Lost")
-    doc = new_run_document(run_id="claim-lost-1", workflow=spec.name, node_ids=["c"], variables={},
-                           trigger={"type": "api"})  # fmt: skip
-    orch.store.create_run(doc | {"created_at": utcnow() - timedelta(minutes=10)})  # its creator stopped
+    # its creator stopped between the insert and the send, ten minutes ago
+    new_run(orch.store, ("c",), run_id="claim-lost-1", workflow=spec.name,
+            created_at=utcnow() - timedelta(minutes=10))  # fmt: skip
     assert orch.store.claim_dispatch("claim-lost-1")  # ...and so did the sweeper that claimed it
     assert orch.get_run("claim-lost-1").dispatched_at is None  # it does not look sent
 

@@ -11,8 +11,9 @@ from celery.utils.saferepr import saferepr
 from orchestrator import Orchestrator
 from orchestrator.constants import HAND_ON_MAX_BYTES
 from orchestrator.handoff import SIZE_KEY, document_size, snapshot_after, snapshot_of
-from orchestrator.models import new_run_document, new_run_id, node_state
+from orchestrator.models import node_state
 from orchestrator.store import RunStore
+from tests.conftest import new_run
 
 
 @pytest.fixture
@@ -20,17 +21,8 @@ def store(orch: Orchestrator) -> RunStore:
     return orch.store
 
 
-def new_run(store: RunStore, nodes: list[str]) -> str:
-    run_id = new_run_id()
-    doc = new_run_document(
-        run_id=run_id, workflow="W", node_ids=nodes, variables={"symbol": "BTC"}, trigger={"type": "api"}
-    )
-    store.create_run(doc)
-    return run_id
-
-
 def test_the_snapshot_is_the_run_document_without_its_times(store: RunStore) -> None:
-    run_id = new_run(store, ["a", "b", "c"])
+    run_id = new_run(store, ("a", "b", "c"), variables={"symbol": "BTC"})
     before = store.get_run_document(run_id)
     state = node_state(status="finished", output={"n": 1}, attempts=1)
     snapshot = snapshot_of(snapshot_after(before, "a", state), run_id)
@@ -48,7 +40,7 @@ def test_the_snapshot_is_the_run_document_without_its_times(store: RunStore) -> 
 
 
 def test_the_snapshot_counts_the_document_size_as_the_store_has_it(store: RunStore) -> None:
-    run_id = new_run(store, ["a", "b", "c"])
+    run_id = new_run(store, ("a", "b", "c"), variables={"symbol": "BTC"})
     doc = store.get_run_document(run_id)
     handed = None
     for node_id, output in (("a", {"n": 1}), ("b", "x" * 3000), ("c", [1, 2, 3])):
@@ -62,7 +54,7 @@ def test_the_snapshot_counts_the_document_size_as_the_store_has_it(store: RunSto
 
 
 def test_a_snapshot_past_the_limit_is_not_handed_on(store: RunStore) -> None:
-    run_id = new_run(store, ["a", "b"])
+    run_id = new_run(store)
     state = node_state(status="finished", output="x" * HAND_ON_MAX_BYTES, attempts=1)
     assert snapshot_after(store.get_run_document(run_id), "a", state) is None
 
@@ -83,7 +75,7 @@ def test_anything_but_a_snapshot_of_this_run_is_not_taken_for_one(previous: obje
 
 
 def test_logs_and_flower_show_the_start_of_a_snapshot_not_the_runs_data(orch: Orchestrator) -> None:
-    run_id = new_run(orch.store, ["a", "b"])
+    run_id = new_run(orch.store, variables={"symbol": "BTC"})
     state = node_state(status="finished", output={"price": 123456.789}, attempts=1)
     text = snapshot_after(orch.store.get_run_document(run_id), "a", state)
     shown = saferepr(text, orch.app.tasks["workers.set"].resultrepr_maxsize)  # as the worker logs it

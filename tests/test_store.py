@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
@@ -12,20 +11,7 @@ from orchestrator import Orchestrator
 from orchestrator.errors import DocumentTooLarge, RunNotFound, WorkflowNotFound
 from orchestrator.models import new_run_document, new_run_id, node_state
 from orchestrator.store import RunStore
-
-
-def new_run(
-    store: RunStore,
-    nodes: tuple[str, ...] = ("a", "b"),
-    created_at: datetime | None = None,
-    **lineage: Any,
-) -> str:
-    run_id = new_run_id()
-    doc = new_run_document(
-        run_id=run_id, workflow="W", node_ids=list(nodes), variables={}, trigger={"type": "api"}, **lineage
-    )
-    store.create_run(doc | ({"created_at": created_at} if created_at else {}))
-    return run_id
+from tests.conftest import new_run
 
 
 @pytest.fixture
