@@ -19,44 +19,54 @@ from rich.console import Console
 from orchestrator.api import Orchestrator
 from orchestrator.constants import RUN_OVER
 from orchestrator.display import progress_line, run_view
-from orchestrator.embedded import services
+from orchestrator.embedded import Stack, private_stack
+from orchestrator.examples import example_files
 from orchestrator.models import Run
 from orchestrator.settings import Settings
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "workflows"
 DEMO_WORKFLOW = "Daily Trading Pipeline"
 
 
 def run_demo(out: Console, err: Console, timeout: float, workflow: str = DEMO_WORKFLOW) -> int:
     """Run an example workflow and print its run tree; the exit code (0 when all finished)."""
     settings = Settings()
-    with services(settings.home, settings.redis_url, settings.mongo_url) as (redis_url, mongo_url, started):
-        if started:
-            err.print(
-                f"No {' or '.join(_what(s) for s in started)} reachable: "
-                f"using an embedded {' and '.join(started)} "
-                f"(data under {settings.home}) with an in-process worker."
-            )
-        settings = settings.model_copy(update={"redis_url": redis_url, "mongo_url": mongo_url})
-        orch = Orchestrator(settings=settings)
-        for path in sorted(EXAMPLES.rglob("*.yaml")):
-            orch.register(path)
-        with start_worker(
-            orch.app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
-        ):
-            run_id = orch.trigger(workflow, trigger={"type": "cli"})
-            deadline = time.monotonic() + timeout
-            with err.status(f"{workflow}: starting") as status:
-                run = orch.wait(
-                    run_id, timeout=timeout, on_progress=lambda r: status.update(_progress(orch, r))
-                )
-                children = _wait_for_descendants(orch, run, deadline, lambda text: status.update(text))
-            tree = orch.run_tree(run.id)
-            out.print(run_view(tree))
-            _print_report(out, children)
-        orch.close()
+    home = settings.home.resolve() / "demo"
+    with private_stack(home, settings.redis_url, settings.mongo_url, "orchestrator_demo") as stack:
+        _say_where(err, stack, home)
+        settings = settings.model_copy(update={"redis_url": stack.redis_url, "mongo_url": stack.mongo_url})
+        with Orchestrator(settings=settings) as orch:
+            for path in example_files():
+                orch.register(path)
+            with start_worker(
+                orch.app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
+            ):
+                run_id = orch.trigger(workflow, trigger={"type": "cli"})
+                deadline = time.monotonic() + timeout
+                with err.status(f"{workflow}: starting") as status:
+                    run = orch.wait(
+                        run_id, timeout=timeout, on_progress=lambda r: status.update(_progress(orch, r))
+                    )
+                    children = _wait_for_descendants(orch, run, deadline, lambda text: status.update(text))
+                tree = orch.run_tree(run.id)
+                out.print(run_view(tree))
+                _print_report(out, children)
+        if stack.borrowed:
+            err.print(f"The demo's data was removed from {' and '.join(stack.borrowed)}.")
         ok = run.status == "finished" and all(c.status == "finished" for c in children)
         return 0 if ok else 1
+
+
+def _say_where(err: Console, stack: Stack, home: Path) -> None:
+    """Which servers the demo uses: embedded ones it started, or a namespace in running ones."""
+    if stack.started:
+        names = [s.name for s in stack.started]
+        err.print(
+            f"No {' or '.join(_what(n) for n in names)} reachable: using an embedded {' and '.join(names)} "
+            f"(files under {home}) with an in-process worker.",
+            markup=False,
+        )
+    if stack.borrowed:
+        err.print(f"Using {' and '.join(stack.borrowed)}, removed at the end.", markup=False)
 
 
 def _progress(orch: Orchestrator, run: Run) -> str:

@@ -9,14 +9,17 @@ demo` (the embedded default) and by the test suite.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from pymongo import MongoClient
@@ -86,17 +89,28 @@ class Service:
     name: str
     url: str
     process: subprocess.Popen[bytes]
+    log: Path | None = None
 
     def stop(self) -> None:
         """Stop the server and wait for it to exit."""
         stop_process(self.process)
 
 
+def _log_tail(log: Path | None, lines: int = 3) -> str:
+    """The last lines of a service's log, to say why it stopped."""
+    if log is None or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    return f"; its log {log} ends:\n" + "\n".join(tail) if tail else ""
+
+
 def _wait_until(check: Callable[[str], bool], service: Service, timeout: float) -> Service:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
-            raise ConfigurationError(f"{service.name} exited at start (code {service.process.returncode})")
+            raise ConfigurationError(
+                f"{service.name} exited at start (code {service.process.returncode}){_log_tail(service.log)}"
+            )
         if check(service.url):
             return service
         time.sleep(0.05)
@@ -104,74 +118,163 @@ def _wait_until(check: Callable[[str], bool], service: Service, timeout: float) 
     raise ConfigurationError(f"{service.name} did not answer at {service.url} within {timeout:g} s")
 
 
-def start_redis(home: Path, timeout: float = 20) -> Service:
-    """Start a private `redis-server` on a free port; nothing is kept on disk."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+def start_redis(home: Path, port: int | None = None, persist: bool = False, timeout: float = 20) -> Service:
+    """Start a private `redis-server` on 127.0.0.1 (`port`, or a free one).
+
+    Args:
+        home: where its log (and, with `persist`, its append-only file) is kept.
+        persist: keep the data in `home/redis` (append-only file, fsync every second), so
+            queued messages survive a restart; else nothing is kept on disk.
+    """
+    home = home.resolve()  # redis-server changes into --dir before it opens the log
+    data_dir = home / "redis" if persist else home
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    kept = ["--appendonly", "yes", "--appendfsync", "everysec"] if persist else ["--appendonly", "no"]
     cmd = [
         _executable("redis-server"),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(home),
-        "--logfile",
-        str(home / "redis.log"),
+        *("--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+        *kept,
+        *("--dir", str(data_dir), "--logfile", str(home / "redis.log")),
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return _wait_until(
-        redis_answers, Service("redis-server", f"redis://127.0.0.1:{port}/0", process), timeout
-    )
+    service = Service("redis-server", f"redis://127.0.0.1:{port}/0", process, home / "redis.log")
+    return _wait_until(redis_answers, service, timeout)
 
 
 def start_mongo(
-    home: Path, database: str = "orchestrator", in_memory: bool = False, timeout: float = 30
+    home: Path,
+    database: str = "orchestrator",
+    in_memory: bool = False,
+    timeout: float = 30,
+    port: int | None = None,
 ) -> Service:
-    """Start `nx-27017` on a free port, its data under `home/mongo` (or in memory)."""
+    """Start `nx-27017` on 127.0.0.1 (`port`, or a free one), its data under `home/mongo`
+    (one SQLite file per database, kept across restarts) or in memory."""
+    home = home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     data_dir = "memory" if in_memory else str(home / "mongo")
+    log = home / "nx-27017.log"
     cmd = [
         _executable("nx-27017"),
-        "--data-dir",
-        data_dir,
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        "--log-file",
-        str(home / "nx-27017.log"),
-        "--pid-file",
-        str(home / f"nx-27017-{port}.pid"),
+        *("--data-dir", data_dir, "--port", str(port), "--host", "127.0.0.1"),
+        *("--log-file", str(log), "--pid-file", str(home / f"nx-27017-{port}.pid")),
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"mongodb://127.0.0.1:{port}/{database}"
-    return _wait_until(mongo_answers, Service("nx-27017", url, process), timeout)
+    return _wait_until(mongo_answers, Service("nx-27017", url, process, log), timeout)
+
+
+def with_redis_db(url: str, db: int) -> str:
+    """`url` naming Redis database `db` instead of its own."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def with_mongo_database(url: str, database: str) -> str:
+    """`url` naming MongoDB database `database` instead of its own."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+CLAIM_KEY = "orchestrator:claimed-by"
+
+
+def claim_empty_redis_db(url: str) -> str | None:
+    """The URL of a Redis database at `url`'s server that holds no key, claimed by writing a
+    key into it; None when every database but the URL's own holds data.
+
+    Searched from the last database down, since applications mostly use the first ones.
+    """
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    with contextlib.closing(client):
+        try:
+            count = int(client.config_get("databases").get("databases") or 16)
+        except redis.RedisError:  # CONFIG may be disabled on a managed server
+            count = 16
+        own = client.connection_pool.connection_kwargs.get("db", 0)
+    for db in range(count - 1, 0, -1):
+        if db == own:
+            continue
+        candidate = with_redis_db(url, db)
+        other = redis.Redis.from_url(candidate, socket_connect_timeout=1, socket_timeout=2)
+        with contextlib.closing(other):
+            if other.dbsize() == 0 and other.set(CLAIM_KEY, str(os.getpid()), nx=True):
+                if other.dbsize() == 1:  # nothing else arrived in between
+                    return candidate
+                other.delete(CLAIM_KEY)
+    return None
+
+
+def release_redis_db(url: str) -> None:
+    """Empty a Redis database claimed with `claim_empty_redis_db` (all it holds was put there
+    by its claimer)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5)
+    with contextlib.closing(client), contextlib.suppress(redis.RedisError):
+        client.flushdb()
+
+
+@dataclass
+class Stack:
+    """The Redis and MongoDB a command uses, and what it must undo at its end."""
+
+    redis_url: str
+    mongo_url: str
+    started: list[Service] = field(default_factory=list)
+    """Servers started here: stopped at the end."""
+    borrowed: list[str] = field(default_factory=list)
+    """Descriptions of the namespaces claimed in servers found running (for messages)."""
 
 
 @contextlib.contextmanager
-def services(
-    home: Path, redis_url: str | None, mongo_url: str | None
-) -> Iterator[tuple[str, str, list[str]]]:
-    """Use the given servers when they answer, else start private ones for the duration.
+def private_stack(
+    home: Path, redis_url: str, mongo_url: str, database: str, in_memory: bool = False
+) -> Iterator[Stack]:
+    """Servers for a throw-away stack (the demo), leaving nothing behind in anyone's servers.
 
-    Yields:
-        The Redis URL, the MongoDB URL, and the names of the services started here.
+    A server answering at `redis_url` / `mongo_url` is used, in a Redis database that was
+    empty and a MongoDB database named `database` plus a random suffix; both are emptied
+    at the end. A server that does not answer is replaced by a private one under `home`,
+    stopped at the end.
     """
-    started: list[Service] = []
+    stack = Stack(redis_url, mongo_url)
+    claimed_db: str | None = None
+    own_database: str | None = None
     try:
-        if not (redis_url and redis_answers(redis_url)):
-            started.append(start_redis(home))
-            redis_url = started[-1].url
-        if not (mongo_url and mongo_answers(mongo_url)):
-            started.append(start_mongo(home))
-            mongo_url = started[-1].url
-        yield redis_url, mongo_url, [s.name for s in started]
+        if redis_answers(redis_url):
+            claimed_db = claim_empty_redis_db(redis_url)
+        if claimed_db is None:
+            stack.started.append(start_redis(home))
+            stack.redis_url = stack.started[-1].url
+        else:
+            stack.redis_url = claimed_db
+            stack.borrowed.append(
+                f"the empty Redis database {urlsplit(claimed_db).path[1:]} at {redact(redis_url)}"
+            )
+        if mongo_answers(mongo_url):
+            own_database = f"{database}_{uuid.uuid4().hex[:8]}"
+            stack.mongo_url = with_mongo_database(mongo_url, own_database)
+            stack.borrowed.append(f"the MongoDB database {own_database} at {redact(mongo_url)}")
+        else:
+            stack.started.append(start_mongo(home, database=database, in_memory=in_memory))
+            stack.mongo_url = stack.started[-1].url
+        yield stack
     finally:
-        for service in reversed(started):
+        if claimed_db is not None:
+            release_redis_db(claimed_db)
+        if own_database is not None:
+            mongo: MongoClient[dict[str, object]] = MongoClient(mongo_url, serverSelectionTimeoutMS=2000)
+            with contextlib.closing(mongo), contextlib.suppress(PyMongoError):
+                mongo.drop_database(own_database)
+        for service in reversed(stack.started):
             service.stop()
+
+
+def redact(url: str) -> str:
+    """`url` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

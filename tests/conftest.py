@@ -1,8 +1,11 @@
 """Real services for the suite, started once per session.
 
-Redis: `REDIS_URL` when set, else a private `redis-server` on a free port. MongoDB:
-`MONGO_URL` when set, else `nx-27017` on a free port (in memory). Workers are real
-`orchestrator worker` subprocesses (prefork), with the test node types of tests/plugins.py.
+The suite never touches the servers at `REDIS_URL` / `MONGO_URL` (a user's data): it starts
+a private `redis-server` and an in-memory `nx-27017` on free ports. Testing against other
+servers is opt-in, through `ORCH_TEST_REDIS_URL` / `ORCH_TEST_MONGO_URL`; even then the suite
+claims a Redis database that was empty and a MongoDB database of its own, and empties only
+those at its end. Workers are real `orchestrator worker` subprocesses (prefork), with the
+test node types of tests/plugins.py.
 """
 
 from __future__ import annotations
@@ -18,10 +21,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import redis
 
 from orchestrator import Orchestrator
-from orchestrator.embedded import start_mongo, start_redis, stop_process
+from orchestrator.embedded import (
+    claim_empty_redis_db,
+    mongo_answers,
+    private_stack,
+    redact,
+    redis_answers,
+    release_redis_db,
+    stop_process,
+)
 from orchestrator.models import Run, new_run_document, new_run_id
 from orchestrator.settings import Settings
 from orchestrator.store import RunStore
@@ -32,22 +42,38 @@ PLUGINS = "tests.plugins"
 T = TypeVar("T")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Forget the user's servers: nothing in the suite, nor any process it starts, may reach
+    them through the environment."""
+    for name in ("REDIS_URL", "MONGO_URL"):
+        os.environ.pop(name, None)
+
+
+def _opted_in(name: str, answers: Callable[[str], bool]) -> str:
+    """The server the suite was told to use in `name`, or "" (then a private one is started)."""
+    url = os.environ.get(name, "")
+    if url and not answers(url):
+        pytest.exit(f"{name}={redact(url)} does not answer; unset it to test on private servers", 2)
+    return url
+
+
 @pytest.fixture(scope="session")
 def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     home = tmp_path_factory.mktemp("services")
-    started = []
-    redis_url = os.environ.get("REDIS_URL")
-    if not redis_url:
-        started.append(start_redis(home))
-        redis_url = started[-1].url
-    mongo_url = os.environ.get("MONGO_URL")
-    if not mongo_url:
-        started.append(start_mongo(home, database="orchestrator_test", in_memory=True))
-        mongo_url = started[-1].url
-    redis.Redis.from_url(redis_url).flushdb()
-    yield redis_url, mongo_url
-    for service in reversed(started):
-        service.stop()
+    redis_url = _opted_in("ORCH_TEST_REDIS_URL", redis_answers)
+    mongo_url = _opted_in("ORCH_TEST_MONGO_URL", mongo_answers)
+    with private_stack(home, redis_url, mongo_url, "orchestrator_test", in_memory=True) as stack:
+        yield stack.redis_url, stack.mongo_url
+
+
+@pytest.fixture(scope="session")
+def spare_redis_url(service_urls: tuple[str, str]) -> Iterator[str]:
+    """A second Redis database of the suite's server, empty, for a broker of a test's own;
+    emptied at the end of the session."""
+    url = claim_empty_redis_db(service_urls[0])
+    assert url is not None, "the suite's Redis has no second empty database"
+    yield url
+    release_redis_db(url)
 
 
 @pytest.fixture(scope="session")

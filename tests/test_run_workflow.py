@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import pairwise
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-import redis
 
 from orchestrator import Orchestrator
 from orchestrator.models import Run
@@ -241,16 +239,14 @@ def test_a_lost_poll_and_wake_up_are_recovered_by_the_sweeper(orch: Orchestrator
 
 
 @pytest.fixture
-def one_slot(settings: Settings) -> Iterator[Orchestrator]:
+def one_slot(settings: Settings, spare_redis_url: str) -> Iterator[Orchestrator]:
     """An orchestrator whose only worker has a single process, on a broker of its own."""
-    own_broker = urlsplit(settings.redis_url)._replace(path="/7").geturl()
     own = Settings(
-        REDIS_URL=own_broker,
+        REDIS_URL=spare_redis_url,
         MONGO_URL=settings.mongo_url,
         ORCH_PLUGINS=settings.plugins,
         ORCH_HOME=settings.home,
     )
-    redis.Redis.from_url(own_broker).flushdb()
     with Orchestrator(settings=own) as orch:
         worker = WorkerProcess(own, orch, "--pool=prefork", "--concurrency=1", name="one-slot").wait_ready()
         try:
