@@ -1,20 +1,52 @@
 """Workflow orchestration on Celery: workflows of nodes, child runs and schedules, with
-MongoDB run documents as the source of truth."""
+MongoDB run documents as the source of truth.
 
-from orchestrator.api import Orchestrator
-from orchestrator.errors import (
-    NodeError,
-    OrchestratorError,
-    RunNotFound,
-    StoreError,
-    TemplateError,
-    WaitTimeout,
-    WorkflowNotFound,
-    WorkflowValidationError,
-)
-from orchestrator.models import NodeState, Run
-from orchestrator.registry import NodeContext, NodeType
-from orchestrator.spec import NodeSpec, WorkflowSpec
+The names below are imported on first use (PEP 562), so that `import orchestrator.cli` and
+commands that only read runs do not pay for Celery and every node type.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.api import Orchestrator
+    from orchestrator.errors import (
+        NodeError,
+        OrchestratorError,
+        RunNotFound,
+        RunNotSent,
+        ServiceUnavailable,
+        StoreError,
+        TemplateError,
+        WaitTimeout,
+        WorkflowNotFound,
+        WorkflowValidationError,
+    )
+    from orchestrator.models import NodeState, Run
+    from orchestrator.registry import NodeContext, NodeType
+    from orchestrator.spec import NodeSpec, WorkflowSpec
+
+_WHERE = {
+    "Orchestrator": "orchestrator.api",
+    "NodeError": "orchestrator.errors",
+    "OrchestratorError": "orchestrator.errors",
+    "RunNotFound": "orchestrator.errors",
+    "RunNotSent": "orchestrator.errors",
+    "ServiceUnavailable": "orchestrator.errors",
+    "StoreError": "orchestrator.errors",
+    "TemplateError": "orchestrator.errors",
+    "WaitTimeout": "orchestrator.errors",
+    "WorkflowNotFound": "orchestrator.errors",
+    "WorkflowValidationError": "orchestrator.errors",
+    "NodeState": "orchestrator.models",
+    "Run": "orchestrator.models",
+    "NodeContext": "orchestrator.registry",
+    "NodeType": "orchestrator.registry",
+    "NodeSpec": "orchestrator.spec",
+    "WorkflowSpec": "orchestrator.spec",
+}
 
 __all__ = [
     "NodeContext",
@@ -26,6 +58,8 @@ __all__ = [
     "OrchestratorError",
     "Run",
     "RunNotFound",
+    "RunNotSent",
+    "ServiceUnavailable",
     "StoreError",
     "TemplateError",
     "WaitTimeout",
@@ -33,3 +67,12 @@ __all__ = [
     "WorkflowSpec",
     "WorkflowValidationError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

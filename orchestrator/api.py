@@ -1,19 +1,28 @@
-"""The Python API: `Orchestrator` registers workflows, triggers runs and reads them back."""
+"""The Python API: `Orchestrator` registers workflows, triggers runs and reads them back.
+
+Reading runs and workflows needs only MongoDB: the Celery app (and Celery itself) is made
+on first use, by the calls that send messages or wait on Redis, so that commands which only
+read start fast.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.app import OrchestratorApp, create_app
-from orchestrator.errors import WaitTimeout
-from orchestrator.launcher import launch_run
-from orchestrator.models import Run
-from orchestrator.run_ends import RunEndListener, tell_waiters
+from orchestrator.errors import RunNotSent, ServiceUnavailable, WaitTimeout
+from orchestrator.models import Run, new_run_id
+from orchestrator.outages import service_error
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec, load_workflow_file, parse_workflow
+from orchestrator.store import open_store
+from orchestrator.urls import redact
+
+if TYPE_CHECKING:
+    from orchestrator.app import OrchestratorApp
 
 
 class Orchestrator:
@@ -39,13 +48,42 @@ class Orchestrator:
         if overrides:
             settings = settings.model_copy(update=overrides)
         self.settings = settings
-        self.app = app or create_app(settings)
-        self.store = self.app.store
-        self.store.ensure_indexes()
+        if app is not None:
+            self.__dict__["app"] = app
+        self.store = app.store if app is not None else open_store(settings)
+        try:
+            self.store.ensure_indexes()
+        except BaseException:
+            self.close()  # its monitor threads would hold the process's exit
+            raise
+
+    @cached_property
+    def app(self) -> OrchestratorApp:
+        """The Celery app, made on first use; it shares this object's run store."""
+        from orchestrator.app import create_app
+
+        app = create_app(self.settings)
+        app.__dict__["store"] = self.store  # one MongoDB client, not two
+        return app
+
+    def ping_broker(self) -> None:
+        """Raise `ServiceUnavailable` when Redis does not answer (within the connect timeout)."""
+        import redis
+
+        timeout = self.settings.connect_timeout_s
+        client = redis.Redis.from_url(
+            self.settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise ServiceUnavailable("Redis", redact(self.settings.redis_url), "REDIS_URL", str(exc)) from exc
+        finally:
+            client.close()
 
     def register(self, source: str | Path | Mapping[str, Any] | WorkflowSpec) -> WorkflowSpec:
         """Validate a workflow (a file path, a dict or a spec) and store it under its name."""
-        known = self.app.registry.names()
+        known = self.node_type_names()
         if isinstance(source, WorkflowSpec):
             spec = parse_workflow(source.model_dump(mode="json", exclude_defaults=True), known)
         elif isinstance(source, Mapping):
@@ -55,16 +93,46 @@ class Orchestrator:
         self.store.save_workflow(spec)
         return spec
 
+    def node_type_names(self) -> list[str]:
+        """Names of the node types workflows may use."""
+        if "app" in self.__dict__:
+            return self.app.registry.names()
+        from orchestrator.registry import load_registry
+
+        return load_registry(tuple(self.settings.plugin_modules)).names()
+
     def workflows(self) -> list[WorkflowSpec]:
         """Every registered workflow."""
         return self.store.list_workflows()
 
     def trigger(
-        self, name: str, variables: Mapping[str, Any] | None = None, trigger: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        variables: Mapping[str, Any] | None = None,
+        trigger: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> str:
-        """Start a run of a registered workflow and return its id at once."""
+        """Start a run of a registered workflow and return its id at once.
+
+        Args:
+            run_id: the new run's id (an idempotency key): a second trigger with the same id
+                starts nothing and returns it.
+
+        Raises:
+            RunNotSent: the run is stored but Redis did not take its first message; it is
+                sent later (by the sweeper, or by a trigger with the same `run_id`).
+        """
+        from orchestrator.launcher import launch_run
+
         spec = self.store.get_workflow(name)
-        run_id, _ = launch_run(self.app, spec, dict(variables or {}), dict(trigger or {"type": "api"}))
+        run_id = run_id or new_run_id()
+        try:
+            launch_run(self.app, spec, dict(variables or {}), dict(trigger or {"type": "api"}), run_id=run_id)
+        except Exception as exc:
+            outage = service_error(exc, self.settings)
+            if outage is not None and outage.service == "Redis":
+                raise RunNotSent(run_id, redact(self.settings.redis_url), str(exc).splitlines()[0]) from exc
+            raise
         return run_id
 
     def wait(
@@ -84,6 +152,8 @@ class Orchestrator:
             on_progress: called with the run each time it is read (for progress displays).
             poll_s: seconds between reads of the run document while no notice comes.
         """
+        from orchestrator.run_ends import RunEndListener
+
         deadline = None if timeout is None else time.monotonic() + timeout
         with RunEndListener(self.app.backend.client, run_id) as listener:  # before the first read
             while True:
@@ -127,6 +197,8 @@ class Orchestrator:
 
         Nodes already running finish their current step; nothing after them starts.
         """
+        from orchestrator.run_ends import tell_waiters
+
         cancelled = self.store.cancel_run(run_id, cascade=cascade)
         for cancelled_id in cancelled:
             tell_waiters(self.app, self.store.get_run_document(cancelled_id))
@@ -135,7 +207,8 @@ class Orchestrator:
     def close(self) -> None:
         """Release connections to MongoDB and Redis."""
         self.store.db.client.close()
-        self.app.close()
+        if "app" in self.__dict__:
+            self.app.close()
 
     def __enter__(self) -> Orchestrator:
         return self

@@ -15,7 +15,7 @@ from celery.backends.redis import RedisBackend
 from orchestrator.errors import OrchestratorError
 from orchestrator.registry import Registry, load_registry
 from orchestrator.settings import Settings
-from orchestrator.store import RunStore, connect
+from orchestrator.store import RunStore, open_store
 
 
 class RunResultBackend(RedisBackend):  # type: ignore[misc]
@@ -55,8 +55,7 @@ class OrchestratorApp(Celery):  # type: ignore[misc]
     @cached_property
     def store(self) -> RunStore:
         """The run store; its MongoDB client is made on first use, in the using process."""
-        db = connect(self.settings.mongo_url, self.settings.mongo_database)
-        return RunStore(db, max_run_doc_bytes=self.settings.max_run_doc_bytes)
+        return open_store(self.settings)
 
 
 def create_app(settings: Settings | None = None) -> OrchestratorApp:
@@ -73,5 +72,7 @@ def create_app(settings: Settings | None = None) -> OrchestratorApp:
     app.config_from_object("celeryconfig")
     app.conf.broker_url = settings.redis_url
     app.conf.result_backend = settings.redis_url
+    app.conf.broker_connection_timeout = settings.connect_timeout_s
+    app.conf.redis_socket_connect_timeout = settings.connect_timeout_s
     register_tasks(app)
     return app

@@ -1,25 +1,27 @@
-"""The `orchestrator` command: register workflows, run them, inspect runs, start workers.
+"""The `orchestrator` command: register workflows, run them, inspect runs, start services.
 
-Exit codes: 0 success; 1 the run failed, errored, was cancelled or timed out (or a service
-failed); 2 bad input, with a message that says what and where.
+Exit codes: 0 success; 1 the run failed, errored, was cancelled or timed out, a service did
+not answer, or an unexpected error (one line; `--debug` shows the traceback); 2 bad input,
+with a message that says what and where.
+
+Only what a command needs is imported: `--help` and the commands that read runs do not load
+Celery or the node types.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
 from rich.text import Text
 
-from orchestrator.api import Orchestrator
-from orchestrator.child_runs import unknown_targets
-from orchestrator.display import progress_line, run_view, runs_table
 from orchestrator.errors import (
     OrchestratorError,
     RunNotFound,
@@ -28,12 +30,29 @@ from orchestrator.errors import (
     WorkflowNotFound,
     WorkflowValidationError,
 )
-from orchestrator.models import Run
+from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from orchestrator.api import Orchestrator
+    from orchestrator.models import Run
 
 BAD_INPUT = (WorkflowValidationError, WorkflowNotFound, RunNotFound, TemplateError)
 PROGRESS_POLL_S = 0.5  # how often `run --wait` refreshes its progress line
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+CLI_CONNECT_TIMEOUT_S = 1.0  # a command says a service is down after this, unless told otherwise
+WIDE = 10_000  # the width of output that does not go to a terminal: nothing is cut
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that never reads markup in what it prints (names come from users) and never
+    cuts a line when the output is not a terminal."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():  # lines wrap at the terminal's width
+        return Console(stderr=stderr, highlight=False, markup=False)
+    return Console(stderr=stderr, highlight=False, markup=False, soft_wrap=True, width=WIDE)
+
+
+out = _console()
+err = _console(stderr=True)
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -42,15 +61,43 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _debugging() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context and context.find_root().params.get("debug"))
+
+
 @contextmanager
-def handled() -> Iterator[None]:
-    """Turn the package's errors into messages and exit codes."""
+def handled(settings: Settings | None = None) -> Iterator[None]:
+    """Turn every error into one line and an exit code: the outside world (a service that does
+    not answer) and the package's errors; anything else too, with its traceback only under
+    `--debug`."""
+    from orchestrator.outages import service_error
+
     try:
         yield
-    except BAD_INPUT as exc:
-        fail(str(exc), 2)
-    except OrchestratorError as exc:
-        fail(str(exc), 1)
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        outage = service_error(exc, settings or Settings())
+        if outage is not None:
+            fail(str(outage), 1)
+        if isinstance(exc, BAD_INPUT):
+            fail(str(exc), 2)
+        if isinstance(exc, OrchestratorError):
+            fail(str(exc), 1)
+        if _debugging():
+            raise
+        fail(
+            f"unexpected {type(exc).__name__}: {exc} (run with `orchestrator --debug …` for the traceback)", 1
+        )
+
+
+class OrchestratorGroup(click.Group):
+    """The command group: every command's errors go through `handled`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with handled():
+            return super().invoke(ctx)
 
 
 def print_json(data: Any) -> None:
@@ -80,16 +127,29 @@ def parse_vars(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
     return variables
 
 
+def cli_settings() -> Settings:
+    """The settings from the environment; a service that does not answer is reported after
+    `CLI_CONNECT_TIMEOUT_S` unless `ORCH_CONNECT_TIMEOUT_S` says otherwise."""
+    settings = Settings()
+    if "connect_timeout_s" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"connect_timeout_s": CLI_CONNECT_TIMEOUT_S})
+    return settings
+
+
 @contextmanager
 def connected() -> Iterator[Orchestrator]:
     """An `Orchestrator` from the environment, closed afterwards; errors become exit codes."""
-    with handled(), Orchestrator() as orch:
+    from orchestrator.api import Orchestrator
+
+    settings = cli_settings()
+    with handled(settings), Orchestrator(settings=settings) as orch:
         yield orch
 
 
-@click.group()
+@click.group(cls=OrchestratorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="celery-orchestrator")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="show the traceback of an unexpected error")
+def main(debug: bool) -> None:
     """Workflow orchestration on Celery."""
 
 
@@ -104,19 +164,18 @@ def workflows() -> None:
 @workflows.command("apply")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 def workflows_apply(paths: tuple[Path, ...]) -> None:
-    """Validate workflow files (YAML or JSON) and register them; nothing is registered when any is invalid."""
+    """Validate workflow files (YAML or JSON; a folder: all of its files, sub-folders too)
+    and register them; nothing is registered when any is invalid."""
+    from orchestrator.child_runs import unknown_targets
     from orchestrator.spec import load_workflow_file
 
     with connected() as orch:
-        files = [
-            p
-            for path in paths
-            for p in (sorted(path.glob("*.y*ml")) + sorted(path.glob("*.json")) if path.is_dir() else [path])
-        ]
+        files = [p for path in paths for p in (workflow_files(path) if path.is_dir() else [path])]
+        known_types = orch.node_type_names()
         specs, problems = [], []
         for path in files:
             try:
-                specs.append(load_workflow_file(path, orch.app.registry.names()))
+                specs.append(load_workflow_file(path, known_types))
             except WorkflowValidationError as exc:
                 problems += exc.problems
         if problems:
@@ -127,7 +186,12 @@ def workflows_apply(paths: tuple[Path, ...]) -> None:
         registered = orch.store.workflow_names()
         for spec in specs:
             for warning in unknown_targets(spec, registered):
-                err.print(f"[yellow]warning:[/yellow] {warning}")
+                err.print(Text.assemble(("warning: ", "yellow"), warning))
+
+
+def workflow_files(folder: Path) -> list[Path]:
+    """The workflow files (YAML or JSON) in a folder and its sub-folders, sorted by path."""
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
 
 
 @workflows.command("list")
@@ -154,13 +218,21 @@ def workflows_list(as_json: bool) -> None:
 @click.option("--wait", is_flag=True, help="wait for the run to end and show it")
 @click.option("--timeout", type=float, default=None, help="seconds to wait (with --wait)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON (the run document with --wait)")
+@click.option("--run-id", default=None, help="the new run's id: a second run with the same id starts nothing")
 def run_command(
-    name: str, pairs: tuple[str, ...], vars_json: str | None, wait: bool, timeout: float | None, as_json: bool
+    name: str,
+    pairs: tuple[str, ...],
+    vars_json: str | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    run_id: str | None,
 ) -> None:
     """Start a run of workflow NAME."""
     variables = parse_vars(pairs, vars_json)
     with connected() as orch:
-        run_id = orch.trigger(name, variables, trigger={"type": "cli"})
+        orch.ping_broker()  # a run is stored only when it can be sent now
+        run_id = orch.trigger(name, variables, trigger={"type": "cli"}, run_id=run_id)
         if not wait:
             print_json({"run_id": run_id}) if as_json else out.print(run_id)
             return
@@ -181,6 +253,8 @@ def wait_with_progress(orch: Orchestrator, run_id: str, timeout: float | None, s
         return orch.wait(
             run_id, timeout=timeout, on_progress=_plain_progress() if show else None, poll_s=PROGRESS_POLL_S
         )
+    from orchestrator.display import progress_line
+
     with err.status(f"run {run_id} pending") as status:
         return orch.wait(
             run_id,
@@ -191,6 +265,8 @@ def wait_with_progress(orch: Orchestrator, run_id: str, timeout: float | None, s
 
 
 def _plain_progress() -> Callable[[Run], None]:
+    from orchestrator.display import progress_line
+
     last: list[str] = []
 
     def report(run: Run) -> None:
@@ -204,6 +280,8 @@ def _plain_progress() -> Callable[[Run], None]:
 
 def show_run(orch: Orchestrator, run: Run, as_json: bool) -> None:
     """Print a run (with its tree of children) as a tree or as JSON."""
+    from orchestrator.display import run_view
+
     tree = orch.run_tree(run.id)
     if as_json:
         print_json(tree.to_document())
@@ -234,28 +312,31 @@ def runs_list(
 ) -> None:
     """List runs, newest first."""
     with connected() as orch:
+        from orchestrator.display import runs_view
+
         found = orch.list_runs(workflow=workflow, status=status, limit=limit, parent=parent)
         if as_json:
             print_json([r.to_document() for r in found])
         else:
-            out.print(runs_table(found))
+            out.print(runs_view(found, out.width))
 
 
 @runs.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True)
 def runs_show(run_id: str, as_json: bool) -> None:
-    """Show a run, its nodes and its tree of child runs."""
+    """Show a run, its nodes and its tree of child runs (RUN_ID may be the start of an id)."""
     with connected() as orch:
-        show_run(orch, orch.get_run(run_id), as_json)
+        show_run(orch, orch.get_run(orch.store.resolve_run_id(run_id)), as_json)
 
 
 @runs.command("cancel")
 @click.argument("run_id")
 @click.option("--no-cascade", is_flag=True, help="leave its child runs going")
 def runs_cancel(run_id: str, no_cascade: bool) -> None:
-    """Cancel a run and (unless --no-cascade) its child runs."""
+    """Cancel a run and (unless --no-cascade) its child runs (RUN_ID may be the start of an id)."""
     with connected() as orch:
+        run_id = orch.store.resolve_run_id(run_id)
         cancelled = orch.cancel(run_id, cascade=not no_cascade)
         out.print(
             f"cancelled {len(cancelled)} run(s): {', '.join(cancelled)}"
@@ -326,8 +407,7 @@ def worker(
     argv += [f"--concurrency={concurrency}"] if concurrency else []
     argv += [f"--queues={queues}"] if queues else []
     argv += [f"--hostname={hostname}"] if hostname else []
-    with handled():
-        create_app().worker_main(argv)
+    create_app().worker_main(argv)
 
 
 @main.command()
@@ -341,10 +421,48 @@ def beat(loglevel: str) -> None:
     from orchestrator.app import create_app
     from orchestrator.schedules import SCHEDULER
 
-    with handled():
-        app = create_app()
-        app.store.ping()  # fail now, with a message, rather than log errors forever
-        app.start(["beat", f"--loglevel={loglevel}", f"--scheduler={SCHEDULER}"])
+    app = create_app()
+    app.store.ping()  # fail now, with a message, rather than log errors forever
+    app.start(["beat", f"--loglevel={loglevel}", f"--scheduler={SCHEDULER}"])
+
+
+@main.command()
+@click.option("--flower-port", type=click.IntRange(1, 65535), default=5555, show_default=True)
+@click.option("--concurrency", "-c", type=int, default=None, help="worker processes (default: CPU count)")
+def standalone(flower_port: int, concurrency: int | None) -> None:
+    """Run a local stack in the foreground: Redis and MongoDB (found at REDIS_URL / MONGO_URL,
+    or embedded with their data under ORCH_HOME), a worker, beat and Flower.
+
+    It prints the `export` lines that point other shells at it, registers the example
+    workflows not registered yet, and stops everything it started on Ctrl-C or SIGTERM.
+    """
+    from orchestrator.standalone import run_standalone
+
+    sys.exit(run_standalone(out, err, flower_port, concurrency))
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True, help="the address to listen on")
+@click.option("--no-auth", is_flag=True, help="no password (only behind your own proxy or on localhost)")
+def flower(port: int, address: str, no_auth: bool) -> None:
+    """Run Flower (Celery's monitor) against the configured broker.
+
+    Basic auth from FLOWER_BASIC_AUTH (user:password); without it a password is made up and
+    printed, unless --no-auth.
+    """
+    import secrets
+
+    from orchestrator.app import create_app
+
+    if no_auth:
+        os.environ.pop("FLOWER_BASIC_AUTH", None)
+        os.environ["FLOWER_UNAUTHENTICATED_API"] = "1"
+    elif not os.environ.get("FLOWER_BASIC_AUTH"):
+        os.environ["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
+        password = os.environ["FLOWER_BASIC_AUTH"].partition(":")[2]
+        err.print(f"Flower: user admin, password {password} (set FLOWER_BASIC_AUTH=user:password to choose)")
+    create_app().start(["flower", f"--address={address}", f"--port={port}"])
 
 
 @main.command()
@@ -354,9 +472,30 @@ def demo(timeout: float, workflow: str) -> None:
     """Run the example pipeline end to end, starting whatever is not running."""
     from orchestrator.demo import run_demo
 
-    with handled():
-        sys.exit(run_demo(out, err, timeout, workflow))
+    sys.exit(run_demo(out, err, timeout, workflow))
+
+
+# Commands that run until stopped: they end through the interpreter's usual exit.
+SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "standalone", "demo"})
+
+
+def entry() -> NoReturn:
+    """The `orchestrator` console script: `main`, then, for the commands that only talk to the
+    services, an exit that skips the interpreter's shutdown. That shutdown joins pymongo's
+    monitor threads, which sleep in 0.5 s steps: 0.5 to 1 s added to every command, after its
+    output is flushed and its connections are closed."""
+    code: int | str | None = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+    if command in SERVICE_COMMANDS or not isinstance(code, int | None):
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -103,22 +103,51 @@ def run_view(run: Run) -> Group:
     return Group(*parts)
 
 
-def runs_table(runs: list[Run]) -> Table:
-    """Runs as a table: id, workflow, status, trigger, created, duration, parent."""
-    table = Table(show_edge=False)
-    for column in ("run id", "workflow", "status", "trigger", "created (UTC)", "duration", "parent"):
-        table.add_column(column)
-    for run in runs:
-        table.add_row(
-            run.id,
-            run.workflow,
-            status_text(run.status),
-            str(run.trigger.get("type", "")),
-            run.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            seconds(run.duration_s),
-            run.parent_run_id or "",
-        )
-    return table
+RUN_COLUMNS = ("run id", "workflow", "status", "trigger", "created (UTC)", "duration", "started by")
+
+
+def runs_view(runs: list[Run], width: int) -> Table | Group:
+    """Runs, newest first, in `width` columns: a table when it fits, else two lines per run.
+
+    Nothing is cut: the ids are what `runs show` takes.
+    """
+    rows = [_run_row(run) for run in runs]
+    widths = [max([len(title)] + [len(row[i].plain) for row in rows]) for i, title in enumerate(RUN_COLUMNS)]
+    if sum(widths) + 3 * (len(widths) - 1) + 2 <= width:
+        table = Table(show_edge=False)
+        for title in RUN_COLUMNS:
+            table.add_column(title, no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        return table
+    records = []
+    for row in rows:
+        run_id, workflow, status, trigger, created, duration, started_by = row
+        details = [workflow, trigger, created] + ([started_by] if started_by.plain else [])
+        records.append(Text.assemble(run_id, "  ", status, "  ", duration))
+        records.append(Text("    ") + Text(" · ", style="dim").join(details))
+    return Group(*records)
+
+
+def _run_row(run: Run) -> list[Text]:
+    return [
+        Text(run.id),
+        Text(run.workflow, style="bold"),
+        status_text(run.status),
+        Text(str(run.trigger.get("type", ""))),
+        Text(run.created_at.strftime("%Y-%m-%d %H:%M:%S")),
+        Text(seconds(run.duration_s)),
+        Text(_started_by(run), style="dim"),
+    ]
+
+
+def _started_by(run: Run) -> str:
+    """Which node of which run started this one: a child's id starts with its parent's, so the
+    node alone says it (`node fetch`); the parent's id only when it does not."""
+    if not run.parent_run_id:
+        return ""
+    node = f"node {run.parent_node_id}" if run.parent_node_id else "a run"
+    return node if run.id.startswith(f"{run.parent_run_id}.") else f"{node} of {run.parent_run_id}"
 
 
 def progress_line(run: Run) -> str:

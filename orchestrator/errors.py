@@ -47,6 +47,34 @@ class DocumentTooLarge(StoreError):
     """A node's output would push its run document past the configured size limit."""
 
 
+class ServiceUnavailable(OrchestratorError):
+    """Redis or MongoDB did not answer; the message names the URL (without its password)
+    and what to do."""
+
+    def __init__(self, service: str, url: str, variable: str, detail: str = "") -> None:
+        super().__init__(
+            f"{service} at {url} did not answer{f' ({detail})' if detail else ''}: start it, run "
+            f"`orchestrator standalone` for a local stack, or set {variable} to a server that runs"
+        )
+        self.service = service
+        self.url = url
+
+
+class RunNotSent(ServiceUnavailable):
+    """A run was stored but its first message could not reach Redis. The run is not lost:
+    the sweeper (`orchestrator beat`) sends it once Redis answers, and triggering again with
+    the same `run_id` never makes a second run."""
+
+    def __init__(self, run_id: str, url: str, detail: str = "") -> None:
+        ServiceUnavailable.__init__(self, "Redis", url, "REDIS_URL", detail)
+        self.args = (
+            f"run {run_id} is stored but could not be sent: {self}. It is sent once Redis is "
+            f"back, by the sweeper of `orchestrator beat`; a trigger again with run_id={run_id!r} "
+            "never makes a second run",
+        )
+        self.run_id = run_id
+
+
 class WaitTimeout(OrchestratorError):
     """`Orchestrator.wait` gave up before the run was over; the run itself goes on."""
 

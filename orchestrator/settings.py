@@ -15,6 +15,14 @@ class Settings(BaseSettings):
 
     redis_url: str = Field("redis://localhost:6379/0", validation_alias="REDIS_URL")
     mongo_url: str = Field("mongodb://localhost:27017/orchestrator", validation_alias="MONGO_URL")
+    connect_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        validation_alias="ORCH_CONNECT_TIMEOUT_S",
+        description="how long a call waits for Redis or MongoDB to answer before it gives up "
+        "(the command line waits 1 s unless this is set)",
+    )
     max_depth: int = Field(8, ge=0, validation_alias="ORCH_MAX_DEPTH")
     home: Path = Field(Path("./.orchestrator"), validation_alias="ORCH_HOME")
     max_run_doc_bytes: int = Field(

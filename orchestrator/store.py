@@ -30,9 +30,16 @@ from orchestrator.constants import (
 )
 from orchestrator.errors import DocumentTooLarge, RunNotFound, StoreError, WorkflowNotFound
 from orchestrator.models import Run, utcnow
+from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
 
 Document = dict[str, Any]
+
+
+def open_store(settings: Settings) -> RunStore:
+    """The run store of `settings` (its MongoDB client connects on first use)."""
+    db = connect(settings.mongo_url, settings.mongo_database, int(settings.connect_timeout_s * 1000))
+    return RunStore(db, max_run_doc_bytes=settings.max_run_doc_bytes)
 
 
 def connect(mongo_url: str, database: str, timeout_ms: int = 5000) -> Database[Document]:
@@ -120,6 +127,35 @@ class RunStore:
         if doc is None:
             raise RunNotFound(f"no run with id '{run_id}'")
         return doc
+
+    def resolve_run_id(self, prefix: str) -> str:
+        """The id of the one run whose id is `prefix` or starts with it (as git resolves a
+        short commit id); `RunNotFound` when none or several do.
+
+        A run's children have ids that start with its own (`<run>.<node>`), so the start of a
+        run's id names that run, not its children: it is ambiguous only when it is also the
+        start of an id outside that run's family.
+        """
+        if self.runs.count_documents({"_id": prefix}, limit=1):
+            return prefix
+        end = prefix + "\uffff"
+        first = self._first_id_in(prefix, end, inclusive=True)
+        if first is None:
+            raise RunNotFound(f"no run with id '{prefix}' (nor one whose id starts with it)")
+        family_end = first + ".\uffff"  # `.` sorts before digits and letters: a family is one range
+        outside = self._first_id_in(first, first + ".") or self._first_id_in(family_end, end)
+        if outside is None:
+            return first
+        raise RunNotFound(
+            f"'{prefix}' is the start of several run ids ({first}, {outside}, …): give more of it"
+        )
+
+    def _first_id_in(self, low: str, high: str, inclusive: bool = False) -> str | None:
+        """The smallest run id in the range (`low`, `high`), or [`low`, `high`)."""
+        query = {"_id": {"$gte" if inclusive else "$gt": low, "$lt": high}}
+        for doc in self.runs.find(query, {"_id": 1}).sort("_id", ASCENDING).limit(1):
+            return str(doc["_id"])
+        return None
 
     def get_run(self, run_id: str) -> Run:
         """The run document as a `Run`."""

@@ -27,7 +27,6 @@ from orchestrator.embedded import (
     claim_empty_redis_db,
     mongo_answers,
     private_stack,
-    redact,
     redis_answers,
     release_redis_db,
     stop_process,
@@ -35,6 +34,7 @@ from orchestrator.embedded import (
 from orchestrator.models import Run, new_run_document, new_run_id
 from orchestrator.settings import Settings
 from orchestrator.store import RunStore
+from orchestrator.urls import redact
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = "tests.plugins"

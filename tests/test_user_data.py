@@ -23,7 +23,8 @@ import pytest
 import redis
 from pymongo import MongoClient
 
-from orchestrator.embedded import Service, start_mongo, start_redis, with_mongo_database
+from orchestrator.embedded import Service, start_mongo, start_redis
+from orchestrator.urls import with_mongo_database
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests that register workflows, run them on a worker, and clean the store between tests;
