@@ -52,14 +52,7 @@ from celery import chain
 
 from orchestrator.api import Orchestrator
 from orchestrator.app import OrchestratorApp, create_app
-from orchestrator.embedded import (
-    Service,
-    mongo_answers,
-    redis_answers,
-    start_mongo,
-    start_redis,
-    stop_process,
-)
+from orchestrator.embedded import Service, private_stack, stop_process
 from orchestrator.models import Run
 from orchestrator.settings import Settings
 
@@ -88,30 +81,20 @@ class Services:
     started: list[Service] = field(default_factory=list)
 
 
-def _from_env(name: str, answers: Any) -> str | None:
-    url = os.environ.get(name)
-    return url if url and answers(url) else None
-
-
 @contextlib.contextmanager
 def services(home: Path) -> Iterator[Services]:
-    """`REDIS_URL` / `MONGO_URL` when they answer, else private servers for the duration."""
-    started: list[Service] = []
-    try:
-        redis_url = _from_env("REDIS_URL", redis_answers)
-        redis_origin = "REDIS_URL"
-        if redis_url is None:
-            started.append(start_redis(home / "redis"))
-            redis_url, redis_origin = started[-1].url, "private redis-server started here"
-        mongo_url = _from_env("MONGO_URL", mongo_answers)
-        mongo_origin = "MONGO_URL"
-        if mongo_url is None:
-            started.append(start_mongo(home / "mongo", database="orchestrator_bench", in_memory=True))
-            mongo_url, mongo_origin = started[-1].url, "private nx-27017 (in memory) started here"
-        yield Services(redis_url, mongo_url, redis_origin, mongo_origin, started)
-    finally:
-        for service in reversed(started):
-            service.stop()
+    """The servers at `REDIS_URL` / `MONGO_URL` when they answer (in an empty Redis database and
+    a database of the benchmark's own, both emptied at the end), else private servers."""
+    redis_url, mongo_url = os.environ.get("REDIS_URL", ""), os.environ.get("MONGO_URL", "")
+    with private_stack(home, redis_url, mongo_url, "orchestrator_bench", in_memory=True) as stack:
+        names = {service.name for service in stack.started}
+        yield Services(
+            stack.redis_url,
+            stack.mongo_url,
+            "private redis-server started here" if "redis-server" in names else "REDIS_URL's server",
+            "private nx-27017 (in memory) started here" if "nx-27017" in names else "MONGO_URL's server",
+            stack.started,
+        )
 
 
 def redis_version(url: str) -> str:
