@@ -82,7 +82,7 @@ def prepare_run(
         depth=lineage.depth if lineage else 0,
     )
     # Compiled before the insert: a bad graph leaves no document.
-    canvas = compile_workflow(app, spec, run_id, app.registry.handed_types())
+    canvas = compile_workflow(app, spec, run_id, app.registry.handed_types(n.type for n in spec.nodes))
     stored, created = app.store.create_run(doc)
     if created:
         return run_id, canvas
@@ -175,7 +175,8 @@ def relaunch_undispatched(app: OrchestratorApp, grace_s: float = DISPATCH_GRACE_
         if app.store.claim_dispatch(run_id, doc.get("dispatch_claim")):
             logger.warning("run %s of '%s' was never sent to a worker; sending it now", run_id, name)
             try:
-                _send(app, run_id, compile_workflow(app, spec, run_id, app.registry.handed_types()))
+                handed = app.registry.handed_types(n.type for n in spec.nodes)
+                _send(app, run_id, compile_workflow(app, spec, run_id, handed))
             except Exception as exc:  # the broker is away: the next sweep tries again
                 logger.error("run %s of '%s' could not be sent: %s", run_id, name, exc)
                 continue

@@ -1,9 +1,12 @@
 """Node types are plugins: a pydantic params model and a function, found through entry points.
 
 Each node type lives in its own module and exposes a `NodeType`. The built-in ones are the
-modules of the `workers` package; packages add types through the `orchestrator.node_types`
-entry-point group;
-`ORCH_PLUGINS` names extra modules to import (each exposing `node_type` or `node_types`).
+modules of the `workers` package, one per type and named like it: they are listed without
+being imported, and each is imported when its type is first needed (to run a node, or to ask
+whether it branches or waits), so that commands that only read runs or send workflows do not
+load pandas and the like. Packages add types through the `orchestrator.node_types`
+entry-point group; `ORCH_PLUGINS` names extra modules to import (each exposing `node_type` or
+`node_types`). Both are imported when the registry is built.
 """
 
 from __future__ import annotations
@@ -116,6 +119,9 @@ class NodeType(Generic[P]):
     `running`: it records the node once, when it ends, so after another node of a chain
     (which hands it the run document) it costs its run a single update. Such a node may be
     computed twice (a message delivered again); only one end is recorded."""
+    imports: tuple[str, ...] = ()
+    """Modules the function imports when it runs (heavy libraries kept out of the type's
+    module, so that checking a workflow does not load them); a worker imports them at start."""
 
     def __post_init__(self) -> None:
         if self.pure and self.resume is not None:
@@ -125,38 +131,102 @@ class NodeType(Generic[P]):
 BUILTIN_BRANCHES: dict[str, tuple[str, ...]] = {"condition": ("yes", "no")}
 
 
-@dataclass
 class Registry:
-    """The node types known to this process, by name."""
+    """The node types known to this process, by name.
 
-    types: dict[str, NodeType[Any]] = field(default_factory=dict)
+    A built-in type (a module of `workers`, named like the type) is imported the first time it
+    is asked for, so that commands that never run or check a node do not pay for every node
+    type's libraries. Types given to `add` (plugins) are there from the start.
+
+    Args:
+        builtin: type name -> the module that defines it, imported on first use.
+    """
+
+    def __init__(self, builtin: Mapping[str, str] | None = None) -> None:
+        self._builtin: dict[str, str] = dict(builtin or {})
+        self._types: dict[str, NodeType[Any]] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types or name in self._builtin
 
     def add(self, node_type: NodeType[Any]) -> None:
         """Register a node type; a second type with the same name is a configuration error."""
-        existing = self.types.get(node_type.name)
+        existing = self._types.get(node_type.name)
+        if existing is None and node_type.name in self._builtin:
+            existing = self._import(node_type.name)  # the same object re-exported, or a clash
         if existing is not None and existing is not node_type:
             raise ConfigurationError(f"two node types are named '{node_type.name}'")
-        self.types[node_type.name] = node_type
+        self._types[node_type.name] = node_type
 
     def get(self, name: str) -> NodeType[Any]:
-        """The node type with that name."""
-        try:
-            return self.types[name]
-        except KeyError:
-            known = ", ".join(sorted(self.types))
-            raise ConfigurationError(f"unknown node type '{name}' (known: {known})") from None
-
-    def handed_types(self) -> frozenset[str]:
-        """Names of the types whose nodes run from the run document the node before them in
-        a chain hands on (`orchestrator.handoff`): every type that does not wait."""
-        return frozenset(name for name, node_type in self.types.items() if node_type.resume is None)
+        """The node type with that name, its module imported if it was not yet."""
+        node_type = self._types.get(name)
+        if node_type is not None:
+            return node_type
+        if name in self._builtin:
+            return self._import(name)
+        raise ConfigurationError(f"unknown node type '{name}' (known: {', '.join(self.names())})")
 
     def names(self) -> list[str]:
-        """Names of every registered type, sorted."""
-        return sorted(self.types)
+        """Names of every known type, sorted; imports nothing."""
+        return sorted(self._builtin.keys() | self._types.keys())
+
+    @property
+    def types(self) -> dict[str, NodeType[Any]]:
+        """Every type by name. Imports every built-in type's module: prefer `get` and `names`."""
+        return {name: self.get(name) for name in self.names()}
+
+    def handed_types(self, names: Iterable[str] | None = None) -> frozenset[str]:
+        """Names of the types whose nodes run from the run document the node before them in
+        a chain hands on (`orchestrator.handoff`): every type that does not wait.
+
+        Args:
+            names: the types to consider (a workflow's), so that only their modules are
+                imported; every known type when omitted. Unknown names are left out.
+        """
+        considered = self.names() if names is None else set(names)
+        return frozenset(name for name in considered if name in self and self.get(name).resume is None)
+
+    def import_all(self) -> None:
+        """Import every type's module and the libraries its function imports when it runs
+        (`NodeType.imports`): what a worker does once at start, before its pool forks, so that
+        no node pays for imports on its first run. A type that fails does not stop the others;
+        the failures are raised together at the end."""
+        failures: list[str] = []
+        for name in self.names():
+            try:
+                for module_name in self.get(name).imports:
+                    importlib.import_module(module_name)
+            except (ConfigurationError, ImportError) as exc:
+                failures.append(
+                    str(exc) if isinstance(exc, ConfigurationError) else f"node type '{name}': {exc}"
+                )
+        if failures:
+            raise ConfigurationError("; ".join(failures))
+
+    def _import(self, name: str) -> NodeType[Any]:
+        """Import the module of a built-in type and check that it defines that type.
+
+        Safe to race: two threads get the same module object, hence the same NodeType.
+        """
+        module_name = self._builtin[name]
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"node type '{name}': module '{module_name}' failed to import: {exc}"
+            ) from exc
+        found = _node_types_of(module, f"module '{module_name}'")
+        if [t.name for t in found] != [name]:
+            defined = ", ".join(f"'{t.name}'" for t in found)
+            raise ConfigurationError(
+                f"module '{module_name}' defines node type {defined}, but a built-in module must "
+                f"define one node type, named like the module ('{name}'): rename the type or the module"
+            )
+        return self._types.setdefault(name, found[0])
 
 
-def _node_types_of(obj: Any, origin: str) -> Iterable[NodeType[Any]]:
+def _node_types_of(obj: Any, origin: str) -> list[NodeType[Any]]:
     if isinstance(obj, NodeType):
         return [obj]
     for attr in ("node_types", "node_type"):
@@ -170,12 +240,9 @@ def _node_types_of(obj: Any, origin: str) -> Iterable[NodeType[Any]]:
 
 @lru_cache(maxsize=8)
 def load_registry(plugin_modules: tuple[str, ...] = ()) -> Registry:
-    """Every built-in node type, those of the entry-point group, and those of the given modules."""
-    registry = Registry()
-    for module_name in builtin_modules():
-        module = importlib.import_module(module_name)
-        for node_type in _node_types_of(module, f"module '{module_name}'"):
-            registry.add(node_type)
+    """Every built-in node type (imported on first use), those of the entry-point group and
+    those of the given modules (both imported now: they are the user's)."""
+    registry = Registry({module_name.rpartition(".")[2]: module_name for module_name in builtin_modules()})
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = ep.load()
@@ -198,7 +265,8 @@ def load_registry(plugin_modules: tuple[str, ...] = ()) -> Registry:
 
 
 def builtin_modules() -> list[str]:
-    """Names of the modules of the `workers` package, one per built-in node type."""
+    """Names of the modules of the `workers` package, one per built-in node type (the module's
+    name is the type's name); found without importing them."""
     import workers
 
     return sorted(
@@ -209,10 +277,12 @@ def builtin_modules() -> list[str]:
 
 
 def branches_of(type_name: str) -> tuple[str, ...]:
-    """The branches a node type offers (empty for types that do not branch)."""
+    """The branches a node type offers (empty for types that do not branch); imports only
+    that type's module."""
     try:
         registry = load_registry()
+        if type_name in registry:
+            return registry.get(type_name).branches
     except ConfigurationError:
-        return BUILTIN_BRANCHES.get(type_name, ())
-    node_type = registry.types.get(type_name)
-    return node_type.branches if node_type else BUILTIN_BRANCHES.get(type_name, ())
+        pass
+    return BUILTIN_BRANCHES.get(type_name, ())

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.signals import worker_init
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from orchestrator.constants import (
@@ -38,7 +39,7 @@ from orchestrator.handoff import document_size, snapshot_after, snapshot_of
 from orchestrator.launcher import relaunch_undispatched
 from orchestrator.models import node_state, utcnow
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
-from orchestrator.registry import NodeContext, NodeType, Wait
+from orchestrator.registry import NodeContext, NodeType, Registry, Wait
 from orchestrator.run_ends import tell_waiters
 from orchestrator.spec import NodeSpec
 from orchestrator.templating import build_scope, render
@@ -71,9 +72,15 @@ class NodeTask(Task):  # type: ignore[misc]
 
 
 def register_tasks(app: OrchestratorApp) -> None:
-    """Register one `workers.<type>` task per node type, and the engine's own tasks."""
-    for node_type in app.registry.types.values():
-        _register_node_task(app, node_type)
+    """Register one `workers.<type>` task per node type, and the engine's own tasks.
+
+    Node tasks are registered by type name: a type's module is imported when one of its
+    nodes first runs (`Registry.get`), or when a worker starts (`_import_node_types`), never
+    when the app is built.
+    """
+    for type_name in app.registry.names():
+        _register_node_task(app, type_name)
+    worker_init.connect(_import_node_types, dispatch_uid="orchestrator.import_node_types")
 
     @app.task(name=FINALIZE_TASK, bind=True, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def finalize_run(
@@ -92,8 +99,17 @@ def register_tasks(app: OrchestratorApp) -> None:
         return sweep_waits(app, grace_s) + relaunch_undispatched(app, grace_s)
 
 
-def _register_node_task(app: OrchestratorApp, node_type: NodeType[Any]) -> None:
-    @app.task(name=NODE_TASK_PREFIX + node_type.name, base=NodeTask, bind=True, shared=False)  # type: ignore[untyped-decorator]
+def _import_node_types(sender: Any = None, **kwargs: Any) -> None:
+    """At a worker's start, before its pool forks: import every node type and the libraries
+    it uses, so that the processes share them and no node's first run pays for them (nor
+    counts them against its `timeout_s`). Connected to Celery's `worker_init` signal."""
+    registry = getattr(getattr(sender, "app", None), "registry", None)
+    if isinstance(registry, Registry):  # a worker of an orchestrator app
+        registry.import_all()
+
+
+def _register_node_task(app: OrchestratorApp, type_name: str) -> None:
+    @app.task(name=NODE_TASK_PREFIX + type_name, base=NodeTask, bind=True, shared=False)  # type: ignore[untyped-decorator]
     def node_task(
         self: NodeTask,
         previous: Any = None,
@@ -105,6 +121,7 @@ def _register_node_task(app: OrchestratorApp, node_type: NodeType[Any]) -> None:
         first: bool = False,
         hand_on: bool = False,
     ) -> str | None:
+        node_type = self.app.registry.get(type_name)
         spec = NodeSpec.model_validate(node)
         end = run_node(
             self, node_type, run_id, spec, token, first=first, final=final, previous=previous, hand_on=hand_on

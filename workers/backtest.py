@@ -22,16 +22,17 @@ Metrics:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
 from pydantic import Field
 
 from orchestrator.registry import NodeContext, NodeType
 from workers.indicators import CandleSource, IndicatorSettings, candles_of, indicator_table
 from workers.market_data import INTERVALS, Interval, iso_datetimes
 from workers.signals import RuleParams, decide, rule_votes
+
+if TYPE_CHECKING:  # imported where used: checking a workflow imports this module, not them
+    import pandas as pd
 
 TRADING_DAYS = 252
 TRADING_MINUTES_PER_DAY = 390  # 6.5 hours
@@ -71,6 +72,8 @@ def run(params: BacktestParams, context: NodeContext) -> dict[str, Any]:
 
 def periods_per_year(interval: str | None, datetimes: pd.Series) -> float:
     """Candles per year on a stock-market calendar, from the interval or the datetimes' spacing."""
+    import pandas as pd
+
     if interval in INTERVALS:
         minutes = INTERVALS[interval][1]
     else:
@@ -87,6 +90,9 @@ def periods_per_year(interval: str | None, datetimes: pd.Series) -> float:
 
 def positions(actions: pd.Series) -> pd.Series:
     """1 while holding, 0 while out: in at a buy, out at a sell, unchanged on hold."""
+    import numpy as np
+    import pandas as pd
+
     target = np.select([actions == "buy", actions == "sell"], [1.0, 0.0], np.nan)
     return pd.Series(target, index=actions.index).ffill().fillna(0.0)
 
@@ -139,6 +145,8 @@ def trade_log(
     datetimes: pd.Series, close: pd.Series, position: pd.Series, fee: float
 ) -> list[dict[str, Any]]:
     """Each round trip: entry and exit datetime and close, return after fees, still open or not."""
+    import numpy as np
+
     change = position.diff().fillna(position).to_numpy()
     entries = np.flatnonzero(change > 0)
     exits = np.flatnonzero(change < 0)
@@ -172,4 +180,5 @@ node_type = NodeType(
     params=BacktestParams,
     run=run,
     description="long-only backtest of the signals rules over candles: return, Sharpe, drawdown, trades",
+    imports=("pandas", "numpy", "ta.trend", "ta.volatility"),
 )

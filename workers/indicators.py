@@ -17,17 +17,17 @@ the whole series, aligned with `datetimes`.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+import math
+from typing import TYPE_CHECKING, Any, Literal, Self
 
-import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from ta.trend import MACD, EMAIndicator, IchimokuIndicator, SMAIndicator  # type: ignore[import-untyped]
-from ta.volatility import BollingerBands  # type: ignore[import-untyped]
 
 from orchestrator.errors import NodeError
 from orchestrator.registry import NodeContext, NodeType
 from workers.market_data import clean_candles, iso_datetimes
+
+if TYPE_CHECKING:  # imported where used: checking a workflow imports this module, not them
+    import pandas as pd
 
 IndicatorName = Literal["rsi", "macd", "bollinger", "ichimoku", "sma", "ema"]
 ALL_INDICATORS: tuple[IndicatorName, ...] = ("rsi", "macd", "bollinger", "ichimoku", "sma", "ema")
@@ -95,6 +95,8 @@ def candles_of(
 ) -> tuple[pd.DataFrame, str | None, str | None]:
     """The cleaned candles of `candles` or `data`, the symbol and the interval; a NodeError
     naming the parameter when neither holds usable candles."""
+    import pandas as pd
+
     where = f"node '{node_id}' ({type_name})"
     if (source.candles is None) == (source.data is None):
         raise NodeError(f"{where}: give exactly one of parameter 'candles' or 'data' (a market_data output)")
@@ -133,6 +135,9 @@ def wilder_rsi(close: pd.Series, period: int = 14) -> pd.Series:
 
     Values before the seed are NaN; an average loss of zero gives 100 (50 when prices are flat).
     """
+    import numpy as np
+    import pandas as pd
+
     change = close.diff()
     gains = _wilder_average(change.clip(lower=0.0), period)
     losses = _wilder_average((-change).clip(lower=0.0), period)
@@ -145,16 +150,23 @@ def _wilder_average(values: pd.Series, period: int) -> pd.Series:
     """Wilder's moving average: NaN before `period` values, their mean at the `period`-th, then
     `avg = (prev * (period - 1) + value) / period`, which is `ewm(alpha=1/period, adjust=False)`
     started from the seed."""
+    import pandas as pd
+
     if len(values) <= period:
-        return pd.Series(np.nan, index=values.index)
+        return pd.Series(math.nan, index=values.index)
     seeded = values.copy()
-    seeded.iloc[: period + 1] = np.nan
+    seeded.iloc[: period + 1] = math.nan
     seeded.iloc[period] = values.iloc[1 : period + 1].mean()
     return seeded.ewm(alpha=1.0 / period, adjust=False).mean()
 
 
 def indicator_table(candles: pd.DataFrame, settings: IndicatorSettings) -> pd.DataFrame:
     """Every indicator's series, one column each, aligned with the candles (NaN until defined)."""
+    import numpy as np
+    import pandas as pd
+    from ta.trend import MACD, EMAIndicator, IchimokuIndicator, SMAIndicator  # type: ignore[import-untyped]
+    from ta.volatility import BollingerBands  # type: ignore[import-untyped]
+
     close, high, low = candles["close"], candles["high"], candles["low"]
     macd = MACD(close, settings.macd_slow, settings.macd_fast, settings.macd_signal)
     bands = BollingerBands(close, settings.bb_period, settings.bb_std)
@@ -194,6 +206,9 @@ def indicator_table(candles: pd.DataFrame, settings: IndicatorSettings) -> pd.Da
 
 def _enough(series: pd.Series, period: int) -> pd.Series:
     """True where at least `period` values lie at or before the position."""
+    import numpy as np
+    import pandas as pd
+
     return pd.Series(np.arange(1, len(series) + 1) >= period, index=series.index)
 
 
@@ -206,8 +221,10 @@ def summarize(
     with_series: bool = False,
 ) -> dict[str, Any]:
     """The node's output: the latest values of `names` from `indicator_table`'s table."""
+    import pandas as pd
+
     last = table.iloc[-1]
-    previous = table.iloc[-2] if len(table) > 1 else pd.Series(np.nan, index=table.columns)
+    previous = table.iloc[-2] if len(table) > 1 else pd.Series(math.nan, index=table.columns)
     values = {name: _latest(name, last, previous, settings) for name in names}
     needed = _needed(settings)
     warnings = [
@@ -312,7 +329,7 @@ def _series(table: pd.DataFrame, names: list[IndicatorName], s: IndicatorSetting
 def json_number(value: Any) -> float | None:
     """A float, or None for NaN (JSON has no NaN)."""
     number = float(value)
-    return None if np.isnan(number) else number
+    return None if math.isnan(number) else number
 
 
 node_type = NodeType(
@@ -320,4 +337,5 @@ node_type = NodeType(
     params=IndicatorsParams,
     run=run,
     description="RSI, MACD, Bollinger Bands, Ichimoku, SMA and EMA of candles",
+    imports=("pandas", "numpy", "ta.trend", "ta.volatility"),
 )

@@ -28,15 +28,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
-import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import NodeError
 from orchestrator.registry import NodeContext, NodeType
+
+if TYPE_CHECKING:  # imported where used: checking a workflow imports this module, not them
+    import httpx
+    import pandas as pd
 
 Interval = Literal[
     "1min", "5min", "15min", "30min", "45min", "1h", "2h", "4h", "8h", "1day", "1week", "1month"
@@ -175,6 +176,8 @@ def clean_candles(
     from the previous row (`"ffill"`; volume is filled with 0, not copied). Rows whose datetime
     cannot be parsed are dropped in both cases.
     """
+    import pandas as pd
+
     parsed = pd.to_datetime(raw["datetime"], errors="coerce", utc=True, format="ISO8601")
     frame = pd.DataFrame({"datetime": parsed.dt.tz_convert(None)}, index=raw.index)
     volume_provided = "volume" in raw.columns
@@ -218,6 +221,8 @@ def candle_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def iso_datetimes(values: pd.Series) -> list[str]:
     """ISO strings of datetimes: dates alone (`2024-01-02`) when every time is midnight."""
+    import pandas as pd
+
     stamps = pd.DatetimeIndex(values)
     daily = bool((stamps == stamps.normalize()).all())
     return list(stamps.strftime("%Y-%m-%d" if daily else "%Y-%m-%dT%H:%M:%S"))
@@ -234,6 +239,9 @@ def synthetic_candles(
     Daily volatility is 2% (scaled by the square root of the interval's length), drift slightly
     positive; highs and lows add a random wick around open and close; volume is log-normal.
     """
+    import numpy as np
+    import pandas as pd
+
     digest = hashlib.sha256(f"{symbol}|{seed}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
     freq, minutes = INTERVALS[interval]
@@ -265,6 +273,8 @@ def _csv_path(params: MarketDataParams, context: NodeContext) -> Path:
 
 def load_csv(path: Path, node_id: str) -> pd.DataFrame:
     """Read a candle CSV: a date or datetime column and open, high, low, close (volume optional)."""
+    import pandas as pd
+
     try:
         frame = pd.read_csv(path)
     except FileNotFoundError:
@@ -290,6 +300,8 @@ def load_csv(path: Path, node_id: str) -> pd.DataFrame:
 
 
 def _load_twelvedata(params: MarketDataParams, context: NodeContext) -> tuple[pd.DataFrame, dict[str, Any]]:
+    import pandas as pd
+
     key = context.settings.twelvedata_api_key
     assert key is not None  # choose_provider checked it
     body = fetch_twelvedata(
@@ -330,6 +342,8 @@ def fetch_twelvedata(
     node's deadline. Every other error becomes a `NodeError` naming the parameter or setting at
     fault; the key never appears in a message (it is sent in a header, and scrubbed anyway).
     """
+    import httpx
+
     url = base_url.rstrip("/") + "/time_series"
     query = {"symbol": symbol, "interval": interval, "outputsize": str(limit), "format": "JSON"}
     headers = {"Authorization": f"apikey {api_key}"}
@@ -417,4 +431,5 @@ node_type = NodeType(
     params=MarketDataParams,
     run=run,
     description="OHLCV candles from twelvedata, a CSV file or a seeded random walk, cleaned",
+    imports=("pandas", "numpy", "httpx"),
 )

@@ -20,16 +20,18 @@ or one `indicators` output.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
-import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.errors import NodeError
 from orchestrator.registry import NodeContext, NodeType
 from workers.indicators import json_number
+
+if TYPE_CHECKING:  # imported where used: checking a workflow imports this module, not them
+    import pandas as pd
 
 Rule = Literal["rsi", "macd_cross", "bollinger", "ichimoku"]
 DEFAULT_RULES: tuple[Rule, ...] = ("rsi", "macd_cross", "bollinger")
@@ -102,6 +104,8 @@ def indicator_outputs(value: list[dict[str, Any]] | dict[str, Any], node_id: str
 
 def latest_row(output: Mapping[str, Any]) -> pd.DataFrame:
     """The columns `rule_votes` reads, as a one-row frame, from an `indicators` output."""
+    import pandas as pd
+
     ind = output["indicators"]
     macd, bands, cloud = ind.get("macd") or {}, ind.get("bollinger") or {}, ind.get("ichimoku") or {}
     row = {
@@ -119,6 +123,9 @@ def latest_row(output: Mapping[str, Any]) -> pd.DataFrame:
 
 def rule_votes(table: pd.DataFrame, params: RuleParams) -> pd.DataFrame:
     """One column per enabled rule: +1 buy, -1 sell, 0 neutral, NaN where its inputs are missing."""
+    import numpy as np
+    import pandas as pd
+
     close = table["close"]
     conditions: dict[str, tuple[pd.Series, pd.Series]] = {
         "rsi": (table["rsi"] < params.rsi_oversold, table["rsi"] > params.rsi_overbought),
@@ -139,6 +146,9 @@ def rule_votes(table: pd.DataFrame, params: RuleParams) -> pd.DataFrame:
 
 def decide(votes: pd.DataFrame, min_agree: int = 1) -> pd.DataFrame:
     """`action` (buy/sell/hold) and `confidence` (0..1) per row of `rule_votes`."""
+    import numpy as np
+    import pandas as pd
+
     buy = (votes == 1).sum(axis=1)
     sell = (votes == -1).sum(axis=1)
     voting = votes.notna().sum(axis=1)
@@ -171,7 +181,7 @@ def signal_for(symbol: str, output: Mapping[str, Any], params: RuleParams) -> di
 
 
 def _reason(rule: str, vote: float, v: pd.Series, p: RuleParams) -> str:
-    if np.isnan(vote):
+    if math.isnan(vote):
         return f"{rule}: no data (the indicator is missing or needs more candles)"
     if rule == "rsi":
         state = "oversold" if vote > 0 else "overbought" if vote < 0 else "neutral"
@@ -195,7 +205,7 @@ def _reason(rule: str, vote: float, v: pd.Series, p: RuleParams) -> str:
 
 
 def _vote_name(vote: float) -> str | None:
-    if np.isnan(vote):
+    if math.isnan(vote):
         return None
     return "buy" if vote > 0 else "sell" if vote < 0 else "neutral"
 
@@ -205,4 +215,5 @@ node_type = NodeType(
     params=SignalsParams,
     run=run,
     description="buy/sell/hold per symbol from RSI, MACD-cross and Bollinger rules on indicators",
+    imports=("pandas", "numpy"),
 )

@@ -20,16 +20,16 @@ import json
 import logging
 import warnings
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from telegram import Bot, Message
-from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
-from telegram.request import HTTPXRequest
-from telegram.warnings import PTBDeprecationWarning
 
 from orchestrator.errors import NodeError, NodeTimeout
 from orchestrator.registry import NodeContext, NodeType
+
+if TYPE_CHECKING:  # imported where used: checking a workflow imports this module, not them
+    from telegram import Bot, Message
+    from telegram.error import RetryAfter, TelegramError
 
 #: Telegram's limit on one message's text, in UTF-16 code units (what Telegram counts).
 MAX_MESSAGE_LENGTH = 4096
@@ -81,6 +81,8 @@ def run(params: TelegramNotifyParams, context: NodeContext) -> dict[str, Any]:
             f"node '{context.node_id}' (telegram_notify): no chat to send to: "
             "give the parameter chat_id or set TELEGRAM_CHAT_ID"
         )
+    from telegram.warnings import PTBDeprecationWarning
+
     _mask_token_in_logs(token)
     sender = _Sender(token, context.settings.telegram_api_url, params, chat_id, context)
     # python-telegram-bot warns (PTBDeprecationWarning) whenever a RetryAfter is made or read;
@@ -153,6 +155,10 @@ class _Sender:
 
     async def send_all(self, pieces: list[str]) -> list[Message]:
         """Send every piece in order; the first failure fails the node, saying what was sent."""
+        from telegram import Bot
+        from telegram.error import TelegramError
+        from telegram.request import HTTPXRequest
+
         timeout = self._request_timeout()
         request = HTTPXRequest(
             connection_pool_size=1, read_timeout=timeout, write_timeout=timeout, connect_timeout=timeout
@@ -171,6 +177,8 @@ class _Sender:
         return sent
 
     async def _send_one(self, bot: Bot, text: str, index: int, total: int) -> Message:
+        from telegram.error import RetryAfter
+
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return await bot.send_message(
@@ -208,6 +216,8 @@ class _Sender:
 
     def _node_error(self, exc: TelegramError, sent: list[Message], total: int) -> NodeError:
         """A message that says what went wrong, what to check, and what was sent already."""
+        from telegram.error import BadRequest, Forbidden, InvalidToken
+
         detail = self._redact(exc.message)
         if isinstance(exc, InvalidToken):
             what = (
@@ -269,4 +279,5 @@ node_type = NodeType(
     params=TelegramNotifyParams,
     run=run,
     description="sends a Telegram message (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID)",
+    imports=("telegram", "telegram.error", "telegram.request", "telegram.warnings"),
 )
