@@ -8,10 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Only what the package needs: the build context holds no .dockerignore, and a local .venv
 # must stay out of the image. README.m[d] matches nothing (and is skipped) when there is none.
+# examples/ is package data (`orchestrator._examples` in pyproject.toml): `pip install .`
+# fails without it.
 WORKDIR /src
 COPY pyproject.toml celeryconfig.py README.m[d] ./
 COPY orchestrator ./orchestrator
 COPY workers ./workers
+COPY examples ./examples
 RUN pip install . \
     && rm -rf /src
 
@@ -21,5 +24,8 @@ RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin orc
 USER orchestrator
 WORKDIR /home/orchestrator
 ENV ORCH_HOME=/home/orchestrator/.orchestrator
+# The example workflows where the README's commands name them, relative to this directory:
+# `docker compose exec worker orchestrator workflows apply examples/workflows/trading`.
+COPY --chown=orchestrator:orchestrator examples ./examples
 
 CMD ["orchestrator", "worker"]

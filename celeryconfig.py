@@ -1,7 +1,7 @@
 """Celery settings for the orchestrator (broker and backend URLs come from `REDIS_URL`).
 
 Chosen for at-least-once execution with exactly-once effects enforced in MongoDB: see
-../shared/CELERY.md-style notes in the README ("Delivery guarantees").
+docs/runs.md ("Delivery guarantees").
 """
 
 task_acks_late = True

@@ -1,4 +1,4 @@
-"""The Python API of CONTRACT.md on a real worker."""
+"""The Python API (docs/python-api.md) on a real worker."""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 
 There is no Docker engine here, so these tests read the files: every variable the services
 get is a setting the code reads, the URLs name the compose services, the commands are real
-`orchestrator` / `celery` commands, and Flower is behind basic auth. No network, no sleeps.
+`orchestrator` / `celery` commands, and Flower is behind basic auth. The image's files are
+worked out from the Dockerfile's WORKDIR, COPY and `rm` instructions, so that the README's
+`docker compose` commands can be checked against them. No network, no sleeps.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import re
 import shlex
 import socket
 import sys
-from collections.abc import Mapping
-from pathlib import Path
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +32,8 @@ from orchestrator.settings import ENV_VARS, Settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+README = ROOT / "README.md"
+PYPROJECT = ROOT / "pyproject.toml"
 
 APP_SERVICES = ("worker", "beat", "flower")
 SECRETS = ("TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID", "TWELVEDATA_API_KEY")
@@ -141,6 +147,179 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
             keyword, _, args = line.partition(" ")
             found.append((keyword.upper(), args.strip()))
     return found
+
+
+@dataclass(frozen=True)
+class Copied:
+    """A file or folder of the repository that a COPY put into the image."""
+
+    image_path: PurePosixPath
+    source: Path
+    owner: str | None
+    """The user of `COPY --chown=user[:group]`; None: root."""
+
+
+@dataclass
+class ImageState:
+    """What the image holds from the repository at some point of the Dockerfile."""
+
+    workdir: PurePosixPath = field(default_factory=lambda: PurePosixPath("/"))
+    user: str | None = None
+    copies: tuple[Copied, ...] = ()
+
+    def find(self, path: PurePosixPath) -> tuple[Copied, Path] | None:
+        """The COPY that put `path` into the image (the last one: later layers win) and the
+        repository path it came from; None when no COPY did."""
+        for copied in reversed(self.copies):
+            if path == copied.image_path:
+                return copied, copied.source
+            if copied.source.is_dir() and copied.image_path in path.parents:
+                source = copied.source / path.relative_to(copied.image_path)
+                if source.exists():
+                    return copied, source
+        return None
+
+
+def image_state(stop_at: Callable[[str, str], bool] | None = None) -> ImageState:
+    """Replay the Dockerfile's FROM, WORKDIR, USER, COPY and `RUN rm`, up to the first
+    instruction for which `stop_at(keyword, args)` is true, or to the end."""
+    state = ImageState()
+    for keyword, args in dockerfile_instructions():
+        if stop_at is not None and stop_at(keyword, args):
+            break
+        if keyword == "FROM":
+            state = ImageState()  # a new stage: only the last one is the image
+        elif keyword == "WORKDIR":
+            state.workdir = state.workdir / args
+        elif keyword == "USER":
+            state.user = args.split(":")[0]
+        elif keyword in ("COPY", "ADD"):
+            state.copies += tuple(copied_by(args, state.workdir))
+        elif keyword == "RUN":
+            for gone in removed_by(args, state.workdir):
+                state.copies = tuple(
+                    c for c in state.copies if c.image_path != gone and gone not in c.image_path.parents
+                )
+    return state
+
+
+def copied_by(args: str, workdir: PurePosixPath) -> list[Copied]:
+    """What one COPY instruction puts into the image: a folder's contents go into the
+    destination; files go into it when it is a folder (ends with `/`, or several sources)."""
+    flags: list[str] = []
+    rest = args
+    while rest.startswith("--"):
+        flag, _, rest = rest.partition(" ")
+        flags.append(flag)
+        rest = rest.lstrip()
+    assert not [f for f in flags if f.startswith("--from")], (
+        "COPY --from is not modelled here: extend image_state"
+    )
+    owner = next((f.partition("=")[2].split(":")[0] for f in flags if f.startswith("--chown=")), None)
+    words = json.loads(rest) if rest.startswith("[") else shlex.split(rest)
+    *patterns, destination = words
+    target = workdir / destination
+    sources = [source for pattern in patterns for source in sorted(ROOT.glob(pattern.removeprefix("./")))]
+    into_folder = destination.endswith("/") or destination == "." or len(sources) > 1
+    return [
+        Copied(target / source.name if into_folder and not source.is_dir() else target, source, owner)
+        for source in sources
+    ]
+
+
+def removed_by(args: str, workdir: PurePosixPath) -> list[PurePosixPath]:
+    """The paths that the `rm` commands of a RUN instruction remove."""
+    removed = []
+    for command in re.split(r"&&|\|\||;", args):
+        words = shlex.split(command)
+        if words[:1] == ["rm"]:
+            removed += [workdir / word for word in words[1:] if not word.startswith("-")]
+    return removed
+
+
+# -- the README's docker compose commands ---------------------------------------------------
+
+# Options of `docker compose` and of its commands that take a value (the next word).
+COMPOSE_GLOBAL_VALUE_OPTIONS = {"-f", "--file", "-p", "--project-name", "--profile", "--env-file", "--ansi"}
+COMPOSE_VALUE_OPTIONS = {
+    *("-e", "--env", "-u", "--user", "-w", "--workdir", "--index", "-t", "--timeout", "--scale"),
+    *("-n", "--tail", "--since", "--until", "--name", "--entrypoint", "-l", "--label", "-p"),
+    *("--publish", "-v", "--volume", "--pull", "--exit-code-from", "--attach", "--no-attach"),
+}
+COMPOSE_ONE_SERVICE = {"exec", "run", "port"}  # SERVICE, then a command (or a port)
+COMPOSE_SERVICES = {
+    *("up", "start", "stop", "restart", "logs", "ps", "pull", "build", "kill", "rm", "create"),
+    *("pause", "unpause", "top", "images", "events", "push", "attach"),
+}
+COMPOSE_NO_SERVICE = {"down", "config", "version", "ls"}
+
+
+@dataclass(frozen=True)
+class ComposeCommand:
+    """One `docker compose …` line of the README."""
+
+    line: int
+    text: str
+    subcommand: str
+    services: list[str]
+    command: list[str]
+    """For `exec` and `run`: the command run in the service's container."""
+
+
+def readme_compose_commands() -> list[ComposeCommand]:
+    """The `docker compose …` lines of the README's code blocks, parsed."""
+    found = []
+    fenced = False
+    for number, line in enumerate(README.read_text().splitlines(), start=1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif fenced and re.match(r"\s*docker(?: |-)compose\b", line):
+            argv = shlex.split(line, comments=True)
+            words = argv[2:] if argv[:2] == ["docker", "compose"] else argv[1:]
+            found.append(parse_compose(number, line.strip(), words))
+    return found
+
+
+def parse_compose(number: int, text: str, words: list[str]) -> ComposeCommand:
+    i = 0
+    while i < len(words) and words[i].startswith("-"):
+        i += 2 if words[i] in COMPOSE_GLOBAL_VALUE_OPTIONS else 1
+    assert i < len(words), f"README.md:{number}: `{text}` names no docker compose command"
+    subcommand, rest = words[i], words[i + 1 :]
+    positional: list[str] = []
+    j = 0
+    while j < len(rest) and not (positional and subcommand in COMPOSE_ONE_SERVICE):
+        if rest[j].startswith("-"):
+            j += 2 if rest[j] in COMPOSE_VALUE_OPTIONS else 1
+        else:
+            positional.append(rest[j])
+            j += 1
+    if subcommand in COMPOSE_ONE_SERVICE:
+        return ComposeCommand(number, text, subcommand, positional[:1], rest[j:])
+    if subcommand in COMPOSE_SERVICES:
+        return ComposeCommand(number, text, subcommand, positional, [])
+    if subcommand in COMPOSE_NO_SERVICE:
+        return ComposeCommand(number, text, subcommand, [], [])
+    pytest.fail(f"README.md:{number}: `docker compose {subcommand}` is unknown to this test: add it above")
+
+
+def path_arguments(argv: list[str]) -> list[str]:
+    """The values an `orchestrator …` command line gives to parameters of type `click.Path`."""
+    path, params = resolve_cli(argv)
+    cmd: click.Command = main
+    ctx: click.Context | None = None
+    for name in path:
+        assert isinstance(cmd, click.Group)
+        ctx = click.Context(cmd, info_name=name, parent=ctx)
+        found = cmd.get_command(ctx, name)
+        assert found is not None
+        cmd = found
+    values: list[str] = []
+    for param in cmd.params:
+        value = params.get(param.name or "")
+        if isinstance(param.type, click.Path) and value is not None:
+            values += [str(v) for v in value] if isinstance(value, tuple | list) else [str(value)]
+    return values
 
 
 # -- docker-compose.yml ---------------------------------------------------------------------
@@ -321,3 +500,64 @@ def test_dockerfile_default_command_is_a_real_cli_command() -> None:
     argv = json.loads(raw) if raw.startswith("[") else shlex.split(raw)
     path, _ = resolve_cli(argv)
     assert path == ["worker"]
+
+
+def test_dockerfile_gives_pip_install_every_file_pyproject_names() -> None:
+    """`pip install .` builds from what was copied: every package folder (examples/ is one,
+    `orchestrator._examples`), module and the readme that pyproject.toml names."""
+    at_install = image_state(
+        lambda kw, args: kw == "RUN" and bool(re.search(r"\bpip install \.(\s|$)", args))
+    )
+    pyproject = tomllib.loads(PYPROJECT.read_text())
+    setuptools = pyproject["tool"]["setuptools"]
+    folders = setuptools.get("package-dir", {})
+    needed = ["pyproject.toml", str(pyproject["project"]["readme"])]
+    needed += [f"{module}.py" for module in setuptools.get("py-modules", [])]
+    needed += [folders.get(package, package.replace(".", "/")) for package in setuptools.get("packages", [])]
+    missing = [name for name in needed if at_install.find(at_install.workdir / name) is None]
+    assert not missing, f"`pip install .` runs in {at_install.workdir} without: {', '.join(missing)}"
+
+
+def test_dockerfile_puts_the_examples_in_the_workdir_owned_by_the_app_user() -> None:
+    image = image_state()
+    found = image.find(image.workdir / "examples" / "workflows")
+    assert found is not None, f"the image has no examples/workflows in its working directory {image.workdir}"
+    copied, source = found
+    assert source == ROOT / "examples" / "workflows"
+    assert image.user is not None
+    assert copied.owner == image.user, f"examples/ belongs to {copied.owner or 'root'}, not {image.user}"
+
+
+def test_readme_docker_compose_commands_name_services_that_exist() -> None:
+    commands = readme_compose_commands()
+    assert commands, "the README shows no docker compose command"
+    for command in commands:
+        if command.subcommand in COMPOSE_ONE_SERVICE:
+            assert command.services, f"README.md:{command.line}: `{command.text}` names no service"
+        for service in command.services:
+            assert service in services(), (
+                f"README.md:{command.line}: `{command.text}`: docker-compose.yml has no service {service!r}"
+            )
+
+
+def test_readme_compose_exec_commands_are_real_and_their_paths_are_in_the_image() -> None:
+    """`docker compose exec SERVICE orchestrator …` runs in the service's working directory
+    (its `working_dir`, else the image's WORKDIR): every path it names is in the image."""
+    image = image_state()
+    execs = [
+        c for c in readme_compose_commands() if c.subcommand == "exec" and c.command[:1] == ["orchestrator"]
+    ]
+    assert execs, "the README shows no `docker compose exec SERVICE orchestrator …` command"
+    for command in execs:
+        service = services()[command.services[0]]
+        assert service.get("build"), (
+            f"README.md:{command.line}: the service does not run this project's image"
+        )
+        workdir = PurePosixPath(str(service.get("working_dir") or image.workdir))
+        for value in path_arguments(command.command):
+            in_image = workdir / value
+            copied = ", ".join(f"{c.source.relative_to(ROOT)} -> {c.image_path}" for c in image.copies)
+            assert image.find(in_image) is not None, (
+                f"README.md:{command.line}: `{command.text}` names {value}, but the image has no "
+                f"{in_image} (the Dockerfile copies: {copied or 'nothing'})"
+            )
