@@ -33,8 +33,9 @@ task_send_sent_event = True
 task_track_started = False
 worker_hijack_root_logger = False
 
-# `orchestrator beat` also runs the sweeper: a waiting node whose poll message was lost (a
-# killed worker strands held messages until the visibility timeout) is re-sent within ~1 min.
+# `orchestrator beat` also runs the sweeper and reconciler (every ORCH_SWEEP_S, set by
+# orchestrator.app.create_app): waits whose poll was lost, runs never sent, and runs whose
+# messages were lost or whose worker died are sent again from their documents.
 beat_schedule = {
     "orchestrator-sweep-waits": {
         "task": "orchestrator.sweep_waits",

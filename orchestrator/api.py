@@ -195,14 +195,12 @@ class Orchestrator:
     def cancel(self, run_id: str, cascade: bool = True) -> list[str]:
         """Cancel a run (and, with `cascade`, its active descendants); the ids cancelled.
 
-        Nodes already running finish their current step; nothing after them starts.
+        Its running nodes are stopped where they run (their tasks revoked and terminated),
+        its waiting nodes end as `cancelled`, and nothing recorded afterwards changes it.
         """
-        from orchestrator.run_ends import tell_waiters
+        from orchestrator.cancel import cancel_run
 
-        cancelled = self.store.cancel_run(run_id, cascade=cascade)
-        for cancelled_id in cancelled:
-            tell_waiters(self.app, self.store.get_run_document(cancelled_id))
-        return cancelled
+        return cancel_run(self.app, run_id, cascade=cascade)
 
     def close(self) -> None:
         """Release connections to MongoDB and Redis."""

@@ -13,6 +13,7 @@ from celery import Celery
 from celery.backends.redis import RedisBackend
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.leases import LeaseKeeper
 from orchestrator.registry import Registry, load_registry
 from orchestrator.settings import Settings
 from orchestrator.store import RunStore, open_store
@@ -53,6 +54,11 @@ class OrchestratorApp(Celery):  # type: ignore[misc]
         return RunResultBackend(app=self, url=self.conf.result_backend)
 
     @cached_property
+    def leases(self) -> LeaseKeeper:
+        """The renewer of the leases of the nodes this process runs."""
+        return LeaseKeeper(self.store, self.settings.lease_s)
+
+    @cached_property
     def store(self) -> RunStore:
         """The run store; its MongoDB client is made on first use, in the using process."""
         return open_store(self.settings)
@@ -74,5 +80,9 @@ def create_app(settings: Settings | None = None) -> OrchestratorApp:
     app.conf.result_backend = settings.redis_url
     app.conf.broker_connection_timeout = settings.connect_timeout_s
     app.conf.redis_socket_connect_timeout = settings.connect_timeout_s
+    sweep = dict(app.conf.beat_schedule["orchestrator-sweep-waits"])
+    sweep["schedule"] = settings.sweep_s
+    sweep["options"] = {"expires": settings.sweep_s * 0.9}
+    app.conf.beat_schedule = {**app.conf.beat_schedule, "orchestrator-sweep-waits": sweep}
     register_tasks(app)
     return app

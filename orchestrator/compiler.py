@@ -31,8 +31,9 @@ from orchestrator.spec import NodeSpec, WorkflowSpec
 Graph = dict[str, set[str]]  # node id -> ids it waits for
 
 
-def node_signature(app: Celery, run_id: str, node: NodeSpec) -> Signature:
-    """The task message for one node: `workers.<type>`, with the node's own spec."""
+def node_signature(app: Celery, run_id: str, node: NodeSpec, epoch: int = 0) -> Signature:
+    """The task message for one node: `workers.<type>`, with the node's own spec (and the
+    run's epoch, once the reconciler has sent the run again)."""
     # What Flower and the worker's log show for the message: the run and the node, not the
     # node's whole spec (which would also travel twice in each message, as kwargs and as repr).
     options: dict[str, Any] = {"kwargsrepr": f"run {run_id}, node {node.id!r}"}
@@ -42,36 +43,46 @@ def node_signature(app: Celery, run_id: str, node: NodeSpec) -> Signature:
         # the recording, and only a node that ignores it is stopped by the limit.
         options["soft_time_limit"] = node.timeout_s + SOFT_LIMIT_GRACE_S
         options["time_limit"] = node.timeout_s + HARD_LIMIT_GRACE_S
-    return app.signature(
-        NODE_TASK_PREFIX + node.type,
-        kwargs={"run_id": run_id, "node": node.model_dump(mode="json", exclude_defaults=True)},
-        immutable=True,
-        **options,
-    )
+    kwargs: dict[str, Any] = {"run_id": run_id, "node": node.model_dump(mode="json", exclude_defaults=True)}
+    if epoch:
+        kwargs["epoch"] = epoch
+    return app.signature(NODE_TASK_PREFIX + node.type, kwargs=kwargs, immutable=True, **options)
 
 
 def compile_workflow(
-    app: Celery, spec: WorkflowSpec, run_id: str, handed_types: Collection[str] = frozenset()
+    app: Celery,
+    spec: WorkflowSpec,
+    run_id: str,
+    handed_types: Collection[str] = frozenset(),
+    epoch: int = 0,
+    remaining: Collection[str] | None = None,
 ) -> Signature:
     """The whole run as one canvas: every node, and the step that ends the run.
 
     That step is the task of the run's last node when the run ends with one node, so a
     run costs no task beyond its nodes; after parallel work it is a finalize task.
     `handed_types` names the node types that run from a document handed on (`hand_on`).
+
+    Args:
+        epoch, remaining: for the reconciler, the rest of a run sent again: the nodes that
+            are not over yet (the others count as done), in messages of the run's new epoch.
     """
     nodes = {node.id: node for node in spec.nodes}
-    graph: Graph = {node.id: set(node.dependency_ids()) for node in spec.nodes}
+    kept = set(nodes) if remaining is None else set(remaining)
+    graph: Graph = {n.id: set(n.dependency_ids()) & kept for n in spec.nodes if n.id in kept}
     sources = [node_id for node_id, deps in graph.items() if not deps]
+    final = {"output": spec.output, "final_nodes": [n.id for n in spec.final_nodes()]}
+    if not graph:  # every node is over: only the run's end is left
+        return app.signature(FINALIZE_TASK, kwargs={"run_id": run_id, **final}, immutable=True)
 
     def leaf(node_id: str) -> Signature:
-        sig = node_signature(app, run_id, nodes[node_id])
-        if sources == [node_id]:  # the only source: its start is the run's start
+        sig = node_signature(app, run_id, nodes[node_id], epoch)
+        if sources == [node_id] and remaining is None:  # the only source: its start is the run's start
             sig.kwargs["first"] = True
         return sig
 
     body = compile_graph(graph, leaf, lambda: app.signature(JOIN_TASK, immutable=True))
     hand_on(body, {NODE_TASK_PREFIX + name for name in handed_types})
-    final = {"output": spec.output, "final_nodes": [n.id for n in spec.final_nodes()]}
     # Engine faults are recorded by the node task's on_failure, not by an errback: an errback
     # would be copied into every message of the chain.
     last = last_node(body)

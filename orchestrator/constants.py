@@ -8,7 +8,7 @@ RUNS: Final = "runs"
 WORKFLOWS: Final = "workflows"
 
 RunStatus = Literal["pending", "running", "finished", "failed", "error", "cancelled"]
-NodeStatus = Literal["pending", "running", "waiting", "finished", "failed", "skipped"]
+NodeStatus = Literal["pending", "running", "waiting", "finished", "failed", "skipped", "cancelled"]
 TriggerType = Literal["api", "cli", "schedule", "run_workflow"]
 
 RUN_ACTIVE: Final[tuple[RunStatus, ...]] = ("pending", "running")
@@ -43,3 +43,7 @@ DISPATCH_GRACE_S: Final = 30.0
 # node that ignores its deadline, and when the hard limit kills the process.
 SOFT_LIMIT_GRACE_S: Final = 1.0
 HARD_LIMIT_GRACE_S: Final = 10.0
+
+# The longest pause between two tries of a message whose store call or publish failed
+# because MongoDB or Redis did not answer (an outage pauses a run; it does not fail it).
+OUTAGE_MAX_BACKOFF_S: Final = 30.0

@@ -119,6 +119,10 @@ class NodeType(Generic[P]):
     `running`: it records the node once, when it ends, so after another node of a chain
     (which hands it the run document) it costs its run a single update. Such a node may be
     computed twice (a message delivered again); only one end is recorded."""
+    rerun_safe: bool = True
+    """Whether a node whose worker was lost while it ran may be run again (at-least-once).
+    False for a type whose effect must not happen twice and cannot be checked (a message
+    sent): such a node fails instead, saying so."""
     imports: tuple[str, ...] = ()
     """Modules the function imports when it runs (heavy libraries kept out of the type's
     module, so that checking a workflow does not load them); a worker imports them at start."""

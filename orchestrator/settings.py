@@ -24,6 +24,37 @@ class Settings(BaseSettings):
         "(the command line waits 1 s unless this is set)",
     )
     max_depth: int = Field(8, ge=0, validation_alias="ORCH_MAX_DEPTH")
+    lease_s: float = Field(
+        30.0,
+        ge=3,
+        le=3600,
+        validation_alias="ORCH_LEASE_S",
+        description="how long a running node's lease lasts (renewed every third of it while it "
+        "runs): a node whose worker died is run again once its lease is this old",
+    )
+    sweep_s: float = Field(
+        15.0,
+        ge=1,
+        le=3600,
+        validation_alias="ORCH_SWEEP_S",
+        description="how often `orchestrator beat` runs the reconciler",
+    )
+    stall_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        validation_alias="ORCH_STALL_S",
+        description="how long a run may wait with no message on the broker and nothing "
+        "running before the reconciler sends the rest of it again",
+    )
+    outage_retry_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        validation_alias="ORCH_OUTAGE_RETRY_S",
+        description="how long a node message keeps retrying while MongoDB or Redis does not "
+        "answer, before it leaves the run to the reconciler",
+    )
     home: Path = Field(Path("./.orchestrator"), validation_alias="ORCH_HOME")
     max_run_doc_bytes: int = Field(
         1024 * 1024, ge=16 * 1024, le=15 * 1024 * 1024, validation_alias="ORCH_MAX_RUN_DOC_BYTES"

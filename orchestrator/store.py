@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import bson
@@ -48,6 +49,33 @@ def connect(mongo_url: str, database: str, timeout_ms: int = 5000) -> Database[D
         mongo_url, serverSelectionTimeoutMS=timeout_ms, tz_aware=True, uuidRepresentation="standard"
     )
     return client[database]
+
+
+def epoch_filter(epoch: int) -> Document:
+    """The filter part that matches a run whose current epoch is `epoch`.
+
+    A run starts at epoch 0, stored as no field at all (its documents and messages stay as
+    small as before); the reconciler bumps it when it sends the rest of a run again.
+    """
+    return {"epoch": epoch} if epoch else {"epoch": {"$exists": False}}
+
+
+@dataclass(frozen=True)
+class NodeStart:
+    """What a node's message brings to its start: its attempt, the run's epoch it belongs to,
+    and the lease it takes (`orchestrator.leases`)."""
+
+    attempt: int
+    epoch: int = 0
+    lease_until: float | None = None
+    holder: str | None = None
+    task_id: str | None = None
+
+    def lease(self) -> Document:
+        """The lease fields of the node's state (none without a lease)."""
+        if self.lease_until is None:
+            return {}
+        return {"lease_until": self.lease_until, "worker": self.holder, "task_id": self.task_id}
 
 
 class RunStore:
@@ -240,7 +268,7 @@ class RunStore:
 
     # -- nodes ----------------------------------------------------------------------------
 
-    def start_node(self, run_id: str, node_id: str, attempt: int, first: bool = False) -> Document | None:
+    def start_node(self, run_id: str, node_id: str, start: NodeStart, first: bool = False) -> Document | None:
         """Mark a node `running` if the run is active and the node pending or running (a redelivery).
 
         Args:
@@ -251,7 +279,7 @@ class RunStore:
             The run document as it was before (other nodes' outputs included), or None when
             the run is over or the node already finished or waits (a redelivered message).
         """
-        startable, update = self._starting(run_id, node_id, attempt)
+        startable, update = self._starting(run_id, node_id, start)
         if first:
             before = self.runs.find_one_and_update(
                 {**startable, "status": "pending"},
@@ -267,7 +295,7 @@ class RunStore:
             self.runs.update_one({"_id": run_id, "started_at": None}, {"$currentDate": {"started_at": True}})
         return before
 
-    def mark_node_running(self, run_id: str, node_id: str, attempt: int) -> bool:
+    def mark_node_running(self, run_id: str, node_id: str, start: NodeStart) -> bool:
         """Mark a node `running` as `start_node` does, without reading the document back: for
         a node handed the document by the node before it, in a run that node started.
 
@@ -275,16 +303,42 @@ class RunStore:
             True when it was marked; False when the run is over or the node already
             finished or waits (a redelivered message).
         """
-        startable, update = self._starting(run_id, node_id, attempt)
+        startable, update = self._starting(run_id, node_id, start)
         marked = self.runs.update_one({**startable, "status": {"$in": list(RUN_ACTIVE)}}, update)
         return marked.matched_count == 1
 
     @staticmethod
-    def _starting(run_id: str, node_id: str, attempt: int) -> tuple[Document, Document]:
-        """The filter (the node startable) and update (node and run `running`) of a node's start."""
-        state = {"status": "running", "attempts": attempt, "started_at": utcnow()}
-        startable = {"_id": run_id, f"nodes.{node_id}.status": {"$in": list(NODE_STARTABLE)}}
+    def _starting(run_id: str, node_id: str, start: NodeStart) -> tuple[Document, Document]:
+        """The filter (the node startable, by a message of the run's current epoch) and the
+        update (node and run `running`, the node's lease taken) of a node's start."""
+        state = {"status": "running", "attempts": start.attempt, "started_at": utcnow(), **start.lease()}
+        startable = {
+            "_id": run_id,
+            f"nodes.{node_id}.status": {"$in": list(NODE_STARTABLE)},
+            **epoch_filter(start.epoch),
+        }
         return startable, {"$set": {"status": "running", f"nodes.{node_id}": state}}
+
+    def renew_lease(self, run_id: str, node_id: str, attempt: int, until: float) -> bool:
+        """Extend the lease of a node that is still running this attempt."""
+        renewed = self.runs.update_one(
+            {"_id": run_id, f"nodes.{node_id}.status": "running", f"nodes.{node_id}.attempts": attempt},
+            {"$set": {f"nodes.{node_id}.lease_until": until}},
+        )
+        return renewed.modified_count == 1
+
+    def bump_epoch(self, run_id: str, epoch: int) -> bool:
+        """Make `epoch + 1` the run's current epoch, if `epoch` still is: True for one caller.
+        Messages of older epochs start nothing from then on."""
+        bumped = self.runs.update_one(
+            {"_id": run_id, "status": {"$in": list(RUN_ACTIVE)}, **epoch_filter(epoch)},
+            {"$set": {"epoch": epoch + 1}},
+        )
+        return bumped.modified_count == 1
+
+    def active_runs(self, fields: Iterable[str]) -> Iterator[Document]:
+        """Every `pending` or `running` run, with the given top-level fields."""
+        yield from self.runs.find({"status": {"$in": list(RUN_ACTIVE)}}, {f: 1 for f in fields})
 
     def end_node(
         self,
@@ -294,6 +348,7 @@ class RunStore:
         doc_size: int = 0,
         from_statuses: Iterable[str] = NODE_ENDABLE,
         run_was: RunStatus | None = None,
+        epoch: int = 0,
     ) -> bool:
         """Record a node's final state (`finished`, `failed` or `skipped`), once.
 
@@ -313,7 +368,7 @@ class RunStore:
             DocumentTooLarge: the output would make the run document too large.
         """
         self._check_size(node_id, state, doc_size)
-        for where, update in self._end_updates(run_id, node_id, state, from_statuses, run_was):
+        for where, update in self._end_updates(run_id, node_id, state, from_statuses, run_was, epoch):
             if self.runs.update_one(where, update).modified_count == 1:
                 return True
         return False
@@ -328,6 +383,7 @@ class RunStore:
         error: str | None = None,
         doc_size: int = 0,
         run_was: RunStatus | None = None,
+        epoch: int = 0,
     ) -> Document | None:
         """Record a run's last node and end the run, in one update, once.
 
@@ -343,7 +399,8 @@ class RunStore:
         """
         self._check_size(node_id, state, doc_size)
         ending = {"status": status, "results": results, "error": error}
-        for where, update in self._end_updates(run_id, node_id, state, NODE_ENDABLE, run_was or "running"):
+        ends = self._end_updates(run_id, node_id, state, NODE_ENDABLE, run_was or "running", epoch)
+        for where, update in ends:
             update["$set"].update(ending)
             update["$currentDate"] = {**update.get("$currentDate", {}), "finished_at": True}
             after = self.runs.find_one_and_update(where, update, return_document=ReturnDocument.AFTER)
@@ -359,18 +416,20 @@ class RunStore:
         state: Document,
         from_statuses: Iterable[str],
         run_was: RunStatus | None,
+        epoch: int = 0,
     ) -> list[tuple[Document, Document]]:
         """The compare-and-set updates that record a node's end, in the order to try them.
 
         A node marked running ends whatever the run's status (a cancelled run keeps its
         nodes' ends). A node never marked running (`run_was` given) ends only in an active
-        run; when the run was pending, its end is also the run's start, and a run started
-        meanwhile by another node is tried next.
+        run, by a message of the run's current `epoch`; when the run was pending, its end is
+        also the run's start, and a run started meanwhile by another node is tried next.
         """
         where = cls._ending(run_id, node_id, from_statuses)
         recorded = {f"nodes.{node_id}": state}
         if run_was is None:
             return [(where, {"$set": recorded})]
+        where.update(epoch_filter(epoch))
         in_running = ({**where, "status": "running"}, {"$set": dict(recorded)})
         if run_was != "pending":
             return [in_running]
@@ -455,6 +514,31 @@ class RunStore:
             {"$set": {f"waits.{node_id}.token": token, f"waits.{node_id}.woken": True}},
             return_document=ReturnDocument.AFTER,
         )
+
+    def take_over_wait(
+        self, run_id: str, node_id: str, epoch: int, resend: Document, token: str
+    ) -> Document | None:
+        """Give a waiting node's wait to a message of the run's epoch `epoch` (its re-send
+        signature and poll token); the wait record after, or None when the wait is not one of
+        an older epoch any more."""
+        doc = self.runs.find_one_and_update(
+            {
+                "_id": run_id,
+                f"nodes.{node_id}.status": "waiting",
+                f"waits.{node_id}.epoch": {"$ne": epoch},
+                **epoch_filter(epoch),
+            },
+            {
+                "$set": {
+                    f"waits.{node_id}.resend": resend,
+                    f"waits.{node_id}.token": token,
+                    f"waits.{node_id}.woken": False,
+                    f"waits.{node_id}.epoch": epoch,
+                }
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if doc is None else dict(doc["waits"][node_id])
 
     def overdue_waits(self, before: float) -> Iterator[tuple[str, str]]:
         """`(run_id, node_id)` of waiting nodes whose next poll was due before `before`."""

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import traceback as tb
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from celery.signals import worker_init
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
@@ -30,6 +30,7 @@ from orchestrator.constants import (
     MAX_COUNTDOWN_S,
     NODE_STARTABLE,
     NODE_TASK_PREFIX,
+    OUTAGE_MAX_BACKOFF_S,
     RUN_ACTIVE,
     SWEEP_TASK,
     RunStatus,
@@ -37,13 +38,16 @@ from orchestrator.constants import (
 from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, TemplateError
 from orchestrator.handoff import document_size, snapshot_after, snapshot_of
 from orchestrator.launcher import relaunch_undispatched
+from orchestrator.leases import holder_name
 from orchestrator.models import node_state, utcnow
+from orchestrator.outages import service_error
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
 from orchestrator.registry import NodeContext, NodeType, Registry, Wait
 from orchestrator.run_ends import tell_waiters
 from orchestrator.spec import NodeSpec
+from orchestrator.store import NodeStart
 from orchestrator.templating import build_scope, render
-from orchestrator.waiting import after_claim, begin_wait, poll, sweep_waits
+from orchestrator.waiting import after_claim, begin_wait, poll, sweep_waits, take_over_wait
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
@@ -65,10 +69,17 @@ class NodeTask(Task):  # type: ignore[misc]
     resultrepr_maxsize = 48
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        """An exception escaped the node (an engine fault: MongoDB down, a bug): end the run as `error`."""
+        """An exception escaped the node. A service that did not answer for longer than the
+        outage retries pause: the run is left to the reconciler, which sends what is missing
+        once the run document shows it stalled. Anything else is an engine fault (a bug): the
+        run ends as `error`."""
         run_id = (kwargs or {}).get("run_id")
-        if run_id:
-            record_engine_fault(self.app, run_id, self.name, exc)
+        if not run_id:
+            return
+        if service_error(exc, self.app.settings) is not None:
+            logger.error("run %s: %s: %s; the reconciler will take the run on", run_id, self.name, exc)
+            return
+        record_engine_fault(self.app, run_id, self.name, exc)
 
 
 def register_tasks(app: OrchestratorApp) -> None:
@@ -94,9 +105,12 @@ def register_tasks(app: OrchestratorApp) -> None:
 
     @app.task(name=SWEEP_TASK, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def sweep(grace_s: float = 30.0) -> list[str]:
-        """Re-send what a killed process lost (run every 30 s by `orchestrator beat`): the
-        polls of waiting nodes, and the canvases of runs that never reached the broker."""
-        return sweep_waits(app, grace_s) + relaunch_undispatched(app, grace_s)
+        """Re-send what was lost (run every `ORCH_SWEEP_S` by `orchestrator beat`): the polls
+        of waiting nodes, the canvases of runs that never reached the broker, and the rest of
+        runs that stalled (`orchestrator.reconciler`)."""
+        from orchestrator.reconciler import reconcile
+
+        return sweep_waits(app, grace_s) + relaunch_undispatched(app, grace_s) + reconcile(app)
 
 
 def _import_node_types(sender: Any = None, **kwargs: Any) -> None:
@@ -120,15 +134,66 @@ def _register_node_task(app: OrchestratorApp, type_name: str) -> None:
         final: dict[str, Any] | None = None,
         first: bool = False,
         hand_on: bool = False,
+        epoch: int = 0,
+        outages: int = 0,
+        tried: int = 0,
     ) -> str | None:
         node_type = self.app.registry.get(type_name)
         spec = NodeSpec.model_validate(node)
-        end = run_node(
-            self, node_type, run_id, spec, token, first=first, final=final, previous=previous, hand_on=hand_on
-        )
-        if final is not None and not end.run_ended:  # a wait or a redelivery ended the node: end the run now
-            end_run(self.app, run_id, final.get("output"), final.get("final_nodes") or [])
+        message = NodeMessage(token, first, final, previous, hand_on, epoch, outages, tried)
+        try:
+            end = run_node(self, node_type, run_id, spec, message)
+            if final is not None and not end.run_ended:  # a wait or a redelivery ended it: end the run now
+                end_run(self.app, run_id, final.get("output"), final.get("final_nodes") or [])
+        except (Retry, Ignore):
+            raise
+        except Exception as exc:
+            _retry_after_outage(self, exc, outages)
+            raise
         return end.handed_on
+
+
+def _retry_after_outage(task: NodeTask, exc: Exception, outages: int) -> None:
+    """When MongoDB or Redis did not answer, retry the message later (with backoff, for up to
+    `ORCH_OUTAGE_RETRY_S`) instead of failing the run: an outage pauses a run. Past that, or
+    when Redis cannot take the retry either, the run is left to the reconciler."""
+    settings = task.app.settings
+    if service_error(exc, settings) is None:
+        return
+    delay = min(2.0**outages, OUTAGE_MAX_BACKOFF_S)
+    if sum(min(2.0**n, OUTAGE_MAX_BACKOFF_S) for n in range(outages + 1)) > settings.outage_retry_s:
+        return
+    logger.warning("%s: %s; trying again in %.0f s", task.request.kwargsrepr or task.name, exc, delay)
+    raise task.retry(countdown=delay, kwargs={**task.request.kwargs, "outages": outages + 1}, exc=exc)
+
+
+@dataclass(frozen=True)
+class NodeMessage:
+    """What a node's message carries besides the node: where it stands in its canvas."""
+
+    token: str | None = None
+    """The poll token of a waiting node's message (a poll or a wake-up)."""
+    first: bool = False
+    """The node is the run's only source: its start starts the run."""
+    final: dict[str, Any] | None = None
+    """The node is the run's last: the run's `output` and final nodes, to end the run in the
+    same update that records the node's end."""
+    previous: Any = None
+    """What the chain's previous task returned: a snapshot of the run document after that
+    node, when it handed one on (`orchestrator.handoff`)."""
+    hand_on: bool = False
+    """The chain's next task is a node that does not wait: hand it a snapshot."""
+    epoch: int = 0
+    """The run's epoch the message belongs to; a message of an older epoch starts nothing."""
+    outages: int = 0
+    """How many times the message was retried because a service did not answer."""
+    tried: int = 0
+    """Attempts the node had before the reconciler sent it again (its worker was lost)."""
+
+    @property
+    def attempt_base(self) -> int:
+        """What to add to the message's retries to count the node's attempts."""
+        return self.tried - self.outages
 
 
 @dataclass(frozen=True)
@@ -142,27 +207,13 @@ class NodeEnd:
 
 
 def run_node(
-    task: NodeTask,
-    node_type: NodeType[Any],
-    run_id: str,
-    spec: NodeSpec,
-    token: str | None,
-    first: bool = False,
-    final: dict[str, Any] | None = None,
-    previous: Any = None,
-    hand_on: bool = False,
+    task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSpec, message: NodeMessage
 ) -> NodeEnd:
     """Run one node of a run, once: start it, check its dependencies, render, call, record.
 
-    Args:
-        first: the node is the run's only source (its start starts the run).
-        final: the node is the run's last: the run's `output` and final nodes, to end the
-            run in the same update that records the node's end.
-        previous: what the chain's previous task returned: a snapshot of the run document
-            after that node, when it handed one on (`orchestrator.handoff`). A node that
-            does not wait runs from it instead of reading the document.
-        hand_on: the chain's next task is a node that does not wait: hand it a snapshot of
-            the run document as this node's end leaves it.
+    A node that does not wait runs from the snapshot the node before it handed on, when
+    there is one, instead of reading the document. Its start takes a lease, which this
+    process renews while the node's function runs (`orchestrator.leases`).
 
     Returns when the node is over and this message may let the canvas go on; raises `Retry`
     while the node retries or waits, and `Ignore` when another message goes on.
@@ -170,33 +221,35 @@ def run_node(
     and only while the run is active.
     """
     store: RunStore = task.app.store
-    attempt = task.request.retries + 1
+    token, final, epoch = message.token, message.final, message.epoch
+    attempt = task.request.retries + 1 + message.attempt_base
     pure = node_type.pure and token is None
-    handed = snapshot_of(previous, run_id) if token is None and node_type.resume is None else None
+    handed = snapshot_of(message.previous, run_id) if token is None and node_type.resume is None else None
     run_was: RunStatus | None = None
+    start = NodeStart(attempt, epoch, task.app.leases.lease_until(), holder_name(), task.request.id)
     if pure:
-        before = _pure_start(store, run_id, spec.id, handed)
+        before = _pure_start(store, run_id, spec.id, handed, epoch)
         run_was = before["status"] if before else None
     elif handed is not None:
-        before = handed if store.mark_node_running(run_id, spec.id, attempt) else None
+        before = handed if store.mark_node_running(run_id, spec.id, start) else None
     else:
-        before = store.start_node(run_id, spec.id, attempt, first=first)
+        before = store.start_node(run_id, spec.id, start, first=message.first)
     if before is None:
-        _not_started(task, node_type, run_id, spec, token)
+        _not_started(task, node_type, run_id, spec, message)
         return NodeEnd()
     started_doc = before
 
     def record(state: dict[str, Any], doc_size: int = 0) -> NodeEnd:
         if final is not None:
-            if _end_node_and_run(task.app, started_doc, spec.id, state, final, doc_size, run_was):
+            if _end_node_and_run(task.app, started_doc, spec.id, state, final, doc_size, run_was, epoch):
                 return NodeEnd(run_ended=True)
             # The run is over (cancelled): a started node still records its end.
             recorded = not pure and store.end_node(run_id, spec.id, state, doc_size)
         else:
-            recorded = store.end_node(run_id, spec.id, state, doc_size, run_was=run_was)
+            recorded = store.end_node(run_id, spec.id, state, doc_size, run_was=run_was, epoch=epoch)
         if pure and not recorded:  # the run ended meanwhile, or another message recorded the node
-            _not_started(task, node_type, run_id, spec, token)
-        handing = recorded and hand_on
+            _not_started(task, node_type, run_id, spec, message)
+        handing = recorded and message.hand_on
         return NodeEnd(handed_on=snapshot_after(started_doc, spec.id, state, doc_size) if handing else None)
 
     skip_reason = dependency_verdict(spec, before.get("nodes", {}))
@@ -205,7 +258,8 @@ def run_node(
     started = utcnow()
     context = _context(task, spec, before, attempt)
     try:
-        output = _call(node_type, spec, context)
+        with task.app.leases.holding(run_id, spec.id, attempt):
+            output = _call(node_type, spec, context)
         if not isinstance(output, Wait):
             state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
             return record(state, doc_size=document_size(before))
@@ -218,6 +272,8 @@ def run_node(
                 "run %s node %s attempt %d failed (%s); retry in %.1fs", run_id, spec.id, attempt, exc, delay
             )
             retrying = _failure(exc, attempt, started) | {"status": "running", "finished_at": None}
+            # The retry's message is held by a worker until its countdown: lease past it.
+            retrying |= replace(start, lease_until=task.app.leases.lease_until() + delay).lease()
             store.set_node_state(run_id, spec.id, retrying, NODE_STARTABLE)
             raise task.retry(countdown=delay, exc=exc) from exc
         return record(_failure(exc, attempt, started))
@@ -226,14 +282,15 @@ def run_node(
 
 
 def _pure_start(
-    store: RunStore, run_id: str, node_id: str, handed: dict[str, Any] | None
+    store: RunStore, run_id: str, node_id: str, handed: dict[str, Any] | None, epoch: int
 ) -> dict[str, Any] | None:
     """The document a pure node runs from: the snapshot handed on, else the run document
-    read; None when the run is over or the node is not startable (nothing is written)."""
+    read; None when the run is over, the node is not startable or the message belongs to
+    another epoch of the run (nothing is written)."""
     doc = handed or store.get_run_document(run_id)
     if doc["status"] not in RUN_ACTIVE or doc["nodes"][node_id]["status"] not in NODE_STARTABLE:
         return None
-    return doc
+    return doc if doc.get("epoch", 0) == epoch else None
 
 
 def _end_node_and_run(
@@ -244,6 +301,7 @@ def _end_node_and_run(
     final: dict[str, Any],
     doc_size: int,
     run_was: RunStatus | None = None,
+    epoch: int = 0,
 ) -> bool:
     """Record the run's last node and end the run in one update; True when this call did.
 
@@ -263,6 +321,7 @@ def _end_node_and_run(
         error=error,
         doc_size=doc_size,
         run_was=run_was,
+        epoch=epoch,
     )
     if ended is None:
         return False
@@ -271,17 +330,22 @@ def _end_node_and_run(
 
 
 def _not_started(
-    task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSpec, token: str | None
+    task: NodeTask, node_type: NodeType[Any], run_id: str, spec: NodeSpec, message: NodeMessage
 ) -> None:
-    """A message for a node that is not startable: a poll or wake-up of a waiting node, or a
-    redelivery. Stops the canvas (`Ignore`) unless this message may go on."""
+    """A message for a node that is not startable: a poll or wake-up of a waiting node, a
+    redelivery, or a message of an older epoch of the run. Stops the canvas (`Ignore`)
+    unless this message may go on."""
+    token = message.token
     doc = task.app.store.get_run_document(run_id)
-    if doc["status"] not in ("pending", "running"):
-        raise Ignore()  # the run is over: stop this branch of the canvas here
+    if doc["status"] not in ("pending", "running") or doc.get("epoch", 0) != message.epoch:
+        raise Ignore()  # the run is over, or was sent again: stop this branch of the canvas here
     state = doc["nodes"][spec.id]
     if state["status"] == "waiting":
         context = _context(task, spec, doc, state.get("attempts", 1))
-        return poll(task, node_type, spec, context, state, doc["waits"][spec.id], held_token=token)
+        wait = doc["waits"][spec.id]
+        if wait.get("epoch", 0) != message.epoch:  # the run was sent again: this message takes over
+            wait, token = take_over_wait(task, spec, context, message.epoch)
+        return poll(task, node_type, spec, context, state, wait, held_token=token)
     if not after_claim(token, state):
         raise Ignore()  # a late poll or wake-up of a node that another message continued
     return None  # a redelivered message: the node is over, let the canvas go on

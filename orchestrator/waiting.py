@@ -63,6 +63,7 @@ def begin_wait(
         "token": token,
         "woken": False,
         "next_poll_at": time.time(),
+        "epoch": task.request.kwargs.get("epoch", 0),
     }
     context.store.set_waiting(context.run_id, spec.id, state, wait_record)
     poll(task, node_type, spec, context, state, wait_record, held_token=token)
@@ -106,6 +107,28 @@ def poll(
         kwargs = {**task.request.kwargs, "token": next_token}
         raise task.retry(countdown=countdown, kwargs=kwargs, max_retries=None)
     _claim(task, spec, context, node_state(status="finished", output=output), state, wait)
+
+
+def take_over_wait(
+    task: Task, spec: NodeSpec, context: NodeContext, epoch: int
+) -> tuple[dict[str, Any], str]:
+    """Make this message (of the run's current `epoch`, sent by the reconciler) the one that
+    polls a waiting node and that a wake-up re-sends: the wait record's message belongs to an
+    older epoch, whose canvas no longer goes on.
+
+    Returns:
+        The wait record and the poll token this message now holds.
+
+    Raises:
+        Ignore: another message of this epoch took the wait over first.
+    """
+    token = new_token()
+    wait = context.store.take_over_wait(
+        context.run_id, spec.id, epoch, dict(task.signature_from_request()), token
+    )
+    if wait is None:
+        raise Ignore()
+    return wait, token
 
 
 def _claim(

@@ -10,7 +10,9 @@ test node types of tests/plugins.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -104,7 +106,14 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
 class WorkerProcess:
     """An `orchestrator worker` subprocess, ready when its node answers a ping."""
 
-    def __init__(self, settings: Settings, orch: Orchestrator, *args: str, name: str = "") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        orch: Orchestrator,
+        *args: str,
+        name: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.hostname = f"{name or 'test'}-{uuid.uuid4().hex[:6]}@%h"
         cmd = [
             sys.executable,
@@ -117,7 +126,11 @@ class WorkerProcess:
         ]
         self.log = settings.home / f"{self.hostname.split('@')[0]}.log"
         self.process = subprocess.Popen(
-            cmd, env=worker_env(settings), stdout=self.log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT
+            cmd,
+            env=worker_env(settings, **(env or {})),
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         self.orch = orch
 
@@ -133,6 +146,15 @@ class WorkerProcess:
 
     def stop(self) -> None:
         stop_process(self.process, timeout=40)  # a warm shutdown lets running tasks end
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once, as a crash or an OOM kill would."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pool = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        for pid in [self.process.pid, *pool]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,24 @@ def count(params: CountParams, context: NodeContext) -> int:
     return int(doc["n"])
 
 
+class TickParams(BaseModel):
+    key: str
+    seconds: float
+
+
+def tick(params: TickParams, context: NodeContext) -> int:
+    """Counts a tick in MongoDB every 0.1 s for `seconds` (to see when a node stops working)."""
+    end = time.monotonic() + params.seconds
+    ticks = 0
+    while time.monotonic() < end:
+        context.store.db["test_counts"].update_one(
+            {"_id": params.key}, {"$inc": {"n": 1}, "$set": {"at": time.time()}}, upsert=True
+        )
+        ticks += 1
+        time.sleep(0.1)
+    return ticks
+
+
 class NotJsonParams(BaseModel):
     pass
 
@@ -97,6 +115,7 @@ node_types = [
     NodeType(name="fail", params=FailParams, run=fail),
     NodeType(name="big", params=BigParams, run=big),
     NodeType(name="count", params=CountParams, run=count),
+    NodeType(name="tick", params=TickParams, run=tick),
     NodeType(name="not_json", params=NotJsonParams, run=not_json),
     NodeType(name="peek", params=PeekParams, run=peek, pure=True),
     NodeType(name="peek_running", params=PeekParams, run=peek_running),

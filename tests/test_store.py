@@ -10,7 +10,7 @@ import pytest
 from orchestrator import Orchestrator
 from orchestrator.errors import DocumentTooLarge, RunNotFound, WorkflowNotFound
 from orchestrator.models import new_run_document, new_run_id, node_state
-from orchestrator.store import RunStore
+from orchestrator.store import NodeStart, RunStore
 from tests.conftest import new_run
 
 
@@ -41,7 +41,7 @@ def test_only_one_of_many_racing_finishers_ends_the_run(store: RunStore) -> None
 
 def test_the_last_node_and_the_run_end_in_one_update_once(store: RunStore) -> None:
     run_id = new_run(store, nodes=("a",))
-    assert store.start_node(run_id, "a", 1) is not None
+    assert store.start_node(run_id, "a", NodeStart(1)) is not None
     state = node_state(status="finished", output={"n": 1}, attempts=1)
     ended = store.end_last_node(run_id, "a", state, "finished", results={"a": {"n": 1}})
     assert ended is not None and ended["status"] == "finished" and ended["finished_at"] is not None
@@ -52,7 +52,7 @@ def test_the_last_node_and_the_run_end_in_one_update_once(store: RunStore) -> No
 
 def test_the_last_node_of_a_cancelled_run_cannot_end_it(store: RunStore) -> None:
     run_id = new_run(store, nodes=("a",))
-    assert store.start_node(run_id, "a", 1) is not None
+    assert store.start_node(run_id, "a", NodeStart(1)) is not None
     assert store.end_run(run_id, "cancelled") is not None
     state = node_state(status="finished", output=1, attempts=1)
     assert store.end_last_node(run_id, "a", state, "finished") is None
@@ -63,14 +63,14 @@ def test_an_ended_run_cannot_move_back(store: RunStore) -> None:
     run_id = new_run(store)
     assert store.end_run(run_id, "finished", results={"ok": True}) is not None
     assert store.end_run(run_id, "failed", error="late") is None
-    assert store.start_node(run_id, "a", 1) is None
+    assert store.start_node(run_id, "a", NodeStart(1)) is None
     run = store.get_run(run_id)
     assert run.status == "finished" and run.results == {"ok": True} and isinstance(run.finished_at, datetime)
 
 
 def test_only_one_racing_end_of_a_node_is_recorded(store: RunStore) -> None:
     run_id = new_run(store)
-    assert store.start_node(run_id, "a", 1) is not None
+    assert store.start_node(run_id, "a", NodeStart(1)) is not None
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(
             pool.map(lambda i: store.end_node(run_id, "a", {"status": "finished", "output": i}), range(16))
@@ -81,14 +81,14 @@ def test_only_one_racing_end_of_a_node_is_recorded(store: RunStore) -> None:
 
 def test_a_finished_node_cannot_be_started_again(store: RunStore) -> None:
     run_id = new_run(store)
-    assert store.start_node(run_id, "a", 1) is not None
+    assert store.start_node(run_id, "a", NodeStart(1)) is not None
     assert store.end_node(run_id, "a", {"status": "finished", "output": 1})
-    assert store.start_node(run_id, "a", 1) is None
+    assert store.start_node(run_id, "a", NodeStart(1)) is None
 
 
 def test_first_node_start_sets_the_run_running_with_a_start_time(store: RunStore) -> None:
     run_id = new_run(store)
-    before = store.start_node(run_id, "a", 1)
+    before = store.start_node(run_id, "a", NodeStart(1))
     assert before is not None and before["status"] == "pending"
     run = store.get_run(run_id)
     assert run.status == "running" and isinstance(run.started_at, datetime)
@@ -99,11 +99,11 @@ def test_the_only_source_starts_the_run_in_one_update_and_a_redelivery_keeps_its
     store: RunStore,
 ) -> None:
     run_id = new_run(store)
-    before = store.start_node(run_id, "a", 1, first=True)
+    before = store.start_node(run_id, "a", NodeStart(1), first=True)
     assert before is not None and before["status"] == "pending"
     started = store.get_run(run_id).started_at
     assert store.get_run(run_id).status == "running" and isinstance(started, datetime)
-    again = store.start_node(run_id, "a", 2, first=True)  # a redelivery, the run already running
+    again = store.start_node(run_id, "a", NodeStart(2), first=True)  # a redelivery, the run already running
     assert again is not None and again["status"] == "running"
     assert store.get_run(run_id).started_at == started
 
@@ -119,7 +119,7 @@ def test_a_pure_nodes_end_is_also_the_start_of_a_pending_run(store: RunStore) ->
 
 def test_a_pure_node_whose_run_started_meanwhile_still_records_its_end(store: RunStore) -> None:
     run_id = new_run(store)
-    assert store.start_node(run_id, "b", 1) is not None  # another source started the run
+    assert store.start_node(run_id, "b", NodeStart(1)) is not None  # another source started the run
     started = store.get_run(run_id).started_at
     assert store.end_node(run_id, "a", node_state(status="finished", output=1), run_was="pending")
     run = store.get_run(run_id)
@@ -150,7 +150,7 @@ def test_a_pure_last_node_starts_and_ends_a_pending_run_in_one_update(store: Run
 def test_output_that_would_pass_the_size_limit_is_refused(store: RunStore) -> None:
     small = RunStore(store.db, max_run_doc_bytes=16 * 1024)
     run_id = new_run(small)
-    small.start_node(run_id, "a", 1)
+    small.start_node(run_id, "a", NodeStart(1))
     with pytest.raises(DocumentTooLarge, match="node 'a' output"):
         small.end_node(run_id, "a", {"status": "finished", "output": "x" * 20000}, doc_size=500)
 

@@ -279,5 +279,6 @@ node_type = NodeType(
     params=TelegramNotifyParams,
     run=run,
     description="sends a Telegram message (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID)",
+    rerun_safe=False,  # a message sent twice cannot be taken back
     imports=("telegram", "telegram.error", "telegram.request", "telegram.warnings"),
 )
