@@ -304,7 +304,7 @@ def show(results: list[Outcome]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), choices=[*SCENARIOS, []])
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"of {', '.join(SCENARIOS)} (all)")
     parser.add_argument("--runs", type=int, default=50, help="parent runs per scenario (default 50)")
     parser.add_argument("--burst", type=int, default=1000, help="runs of the burst (default 1000)")
     parser.add_argument("--kill-for", type=float, default=60, help="seconds of worker kills (default 60)")
@@ -315,6 +315,10 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the workers and beat, e.g. ORCH_LEASE_S=10")  # fmt: skip
     args = parser.parse_args()
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"no scenario named {', '.join(sorted(unknown))} (known: {', '.join(SCENARIOS)})")
+    args.scenarios = args.scenarios or list(SCENARIOS)
     extra = dict(pair.split("=", 1) for pair in args.env)
     print(f"settings: {extra or 'defaults (ORCH_LEASE_S 30, ORCH_SWEEP_S 15, ORCH_STALL_S 30)'}")
     results = []
