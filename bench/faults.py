@@ -190,17 +190,23 @@ def outcome(name: str, orch: Orchestrator, parents: list[str], fault_end: float,
         1 for c in children if orch.store.runs.count_documents({"_id": c}, limit=1)
     )
     not_over = sum(n for status, n in statuses.items() if status in ("pending", "running"))
-    return Outcome(name, len(parents), statuses, duplicates, None if not_over else last_end - fault_end)
+    everyone = parents + children
+    resumed = orch.store.runs.count_documents({"_id": {"$in": everyone}, "epoch": {"$gt": 0}})
+    note = f"{resumed} of {len(everyone)} runs resumed by the reconciler"
+    after = None if not_over else max(last_end - fault_end, 0.0)
+    return Outcome(name, len(parents), statuses, duplicates, after, note)
 
 
 def trigger_parents(orch: Orchestrator, n: int) -> list[str]:
     return [orch.trigger("Fault Parent") for _ in range(n)]
 
 
-def kill_workers(built: Cluster, seconds: float, rng: random.Random) -> float:
-    """SIGKILL a worker's main process (then start it again) or one of its pool processes."""
+def kill_workers(built: Cluster, seconds: float, rng: random.Random, each_round: Callable[[], None]) -> float:
+    """Every 2-3 s for `seconds`: call `each_round` (it starts runs), then SIGKILL a worker's
+    main process (and start it again) or one of its pool processes."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
+        each_round()
         time.sleep(rng.uniform(2, 3))
         index = rng.randrange(len(built.workers))
         main = built.workers[index]
@@ -218,8 +224,16 @@ def kill_workers(built: Cluster, seconds: float, rng: random.Random) -> float:
 
 
 def scenario_kill(orch: Orchestrator, built: Cluster, args: argparse.Namespace) -> Outcome:
-    parents = trigger_parents(orch, args.runs)
-    fault_end = kill_workers(built, args.kill_for, random.Random(args.seed))
+    """The runs are started over the first two thirds of the kills, so that kills hit them
+    at every stage (a node running, a wait, a chain's next step in flight)."""
+    rounds = max(int(args.kill_for * 2 / 3 / 2.5), 1)
+    per_round = -(-args.runs // rounds)
+    parents: list[str] = []
+
+    def start_some() -> None:
+        parents.extend(trigger_parents(orch, min(per_round, args.runs - len(parents))))
+
+    fault_end = kill_workers(built, args.kill_for, random.Random(args.seed), start_some)
     return outcome("kill", orch, parents, fault_end, args.patience)
 
 

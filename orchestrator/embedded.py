@@ -110,13 +110,17 @@ def _wait_until(check: Callable[[str], bool], service: Service, timeout: float) 
     raise ConfigurationError(f"{service.name} did not answer at {service.url} within {timeout:g} s")
 
 
-def start_redis(home: Path, port: int | None = None, persist: bool = False, timeout: float = 20) -> Service:
+def start_redis(
+    home: Path, port: int | None = None, persist: bool = False, timeout: float = 20, host: str = "127.0.0.1"
+) -> Service:
     """Start a private `redis-server` on 127.0.0.1 (`port`, or a free one).
 
     Args:
         home: where its log (and, with `persist`, its append-only file) is kept.
         persist: keep the data in `home/redis` (append-only file, fsync every second), so
             queued messages survive a restart; else nothing is kept on disk.
+        host: the address to listen on: loopback, unless workers on other hosts (network
+            namespaces, in the tests) must reach it.
     """
     home = home.resolve()  # redis-server changes into --dir before it opens the log
     data_dir = home / "redis" if persist else home
@@ -125,12 +129,13 @@ def start_redis(home: Path, port: int | None = None, persist: bool = False, time
     kept = ["--appendonly", "yes", "--appendfsync", "everysec"] if persist else ["--appendonly", "no"]
     cmd = [
         _executable("redis-server"),
-        *("--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+        *("--port", str(port), "--bind", host, "--save", ""),
+        *(("--protected-mode", "no") if host != "127.0.0.1" else ()),
         *kept,
         *("--dir", str(data_dir), "--logfile", str(home / "redis.log")),
     ]
     process = spawn(cmd)
-    service = Service("redis-server", f"redis://127.0.0.1:{port}/0", process, home / "redis.log")
+    service = Service("redis-server", f"redis://{host}:{port}/0", process, home / "redis.log")
     return _wait_until(redis_answers, service, timeout)
 
 
@@ -140,6 +145,7 @@ def start_mongo(
     in_memory: bool = False,
     timeout: float = 30,
     port: int | None = None,
+    host: str = "127.0.0.1",
 ) -> Service:
     """Start `nx-27017` on 127.0.0.1 (`port`, or a free one), its data under `home/mongo`
     (one SQLite file per database, kept across restarts) or in memory."""
@@ -150,11 +156,11 @@ def start_mongo(
     log = home / "nx-27017.log"
     cmd = [
         _executable("nx-27017"),
-        *("--data-dir", data_dir, "--port", str(port), "--host", "127.0.0.1"),
+        *("--data-dir", data_dir, "--port", str(port), "--host", host),
         *("--log-file", str(log), "--pid-file", str(home / f"nx-27017-{port}.pid")),
     ]
     process = spawn(cmd)
-    url = f"mongodb://127.0.0.1:{port}/{database}"
+    url = f"mongodb://{host}:{port}/{database}"
     return _wait_until(mongo_answers, Service("nx-27017", url, process, log), timeout)
 
 
