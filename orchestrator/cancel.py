@@ -40,7 +40,8 @@ def stop_nodes(app: OrchestratorApp, doc: dict[str, Any]) -> None:
         if status not in ("running", "waiting"):
             continue
         if status == "running" and state.get("task_id"):
-            app.control.revoke(state["task_id"], terminate=True, signal="SIGKILL")
+            # SIGTERM: the pool process running it exits, and a `python` node's code with it.
+            app.control.revoke(state["task_id"], terminate=True, signal="SIGTERM")
             logger.info("run %s node %s: cancelled; stopped task %s", doc["_id"], node_id, state["task_id"])
         ended = node_state(
             status="cancelled",

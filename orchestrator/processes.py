@@ -21,8 +21,9 @@ from typing import IO
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A `preexec_fn` that asks Linux to SIGTERM the child when its parent dies."""
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` that asks Linux to send the child `sig` when its parent dies (None
+    where that cannot be asked)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -32,7 +33,7 @@ def _die_with_parent() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
@@ -53,7 +54,7 @@ def spawn(
         env=dict(env) if env is not None else None,
         cwd=cwd,
         start_new_session=True,
-        preexec_fn=_die_with_parent(),  # only prctl and getppid: safe after fork
+        preexec_fn=die_with_parent(),  # only prctl and getppid: safe after fork
     )
 
 

@@ -207,3 +207,29 @@ def test_cancel_ends_waiting_nodes_as_cancelled_and_cancels_the_child(orch: Orch
     assert sorted(orch.cancel(run_id)) == sorted([run_id, f"{run_id}.child"])
     assert orch.get_run(run_id).nodes["child"].status == "cancelled"
     assert orch.get_run(f"{run_id}.child").status == "cancelled"
+
+
+def processes_named(marker: str) -> list[int]:
+    """Pids of the processes whose command line holds `marker`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker.encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.usefixtures("worker")
+@pytest.mark.timeout(60)
+def test_cancel_stops_a_python_node_and_every_process_its_code_started(orch: Orchestrator) -> None:
+    nap = f"300.{time.time_ns() % 10**6:06d}"  # a `sleep` command line nobody else has
+    code = f"import subprocess, time\nsubprocess.Popen(['sleep', '{nap}'])\ntime.sleep(300)"
+    orch.register(workflow("Python Cancel", {"id": "code", "type": "python", "params": {"code": code}}))
+    run_id = orch.trigger("Python Cancel")
+    wait_for(lambda: processes_named(nap), what="the code's own child process")
+    assert orch.cancel(run_id) == [run_id]
+    wait_for(lambda: processes_named(nap) == [], timeout=2, what="the code's processes to stop")
+    assert orch.get_run(run_id).nodes["code"].status == "cancelled"

@@ -27,11 +27,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import NodeError, NodeTimeout
+from orchestrator.processes import die_with_parent
 from orchestrator.registry import NodeContext, NodeType
 
 STDERR_TAIL_CHARS = 2000
@@ -144,13 +148,34 @@ def execute(
         cwd=workdir,
         env={"HOME": workdir, "LANG": "C.UTF-8"},
         start_new_session=True,
+        preexec_fn=die_with_parent(signal.SIGKILL),  # the pool process killed: the code too
     )
     try:
-        reply, _ = process.communicate(json.dumps(payload, default=str).encode(), timeout=timeout)
+        with _group_killed_on_sigterm(process):  # a cancel terminates the pool process
+            reply, _ = process.communicate(json.dumps(payload, default=str).encode(), timeout=timeout)
     finally:  # a timeout, or the worker's own time limit striking while we wait
         if process.poll() is None:
             _kill_group(process)
     return reply, process.returncode
+
+
+@contextlib.contextmanager
+def _group_killed_on_sigterm(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    """While the code runs, SIGTERM (a cancel's revoke with terminate) kills the code's whole
+    process group before this process exits. Only in the main thread, where handlers live."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        _kill_group(process)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
