@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import RunNotSent, ServiceUnavailable, WaitTimeout
+from orchestrator.errors import OrchestratorError, RunNotSent, ServiceUnavailable, WaitTimeout
 from orchestrator.models import Run, new_run_id
 from orchestrator.outages import service_error
 from orchestrator.settings import Settings
@@ -23,6 +23,14 @@ from orchestrator.urls import redact
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
+
+
+def _ids(**named: object) -> None:
+    """Refuse ids that are not strings (a dict such as `{"$regex": "."}` would reach MongoDB as
+    an operator and match other runs)."""
+    for what, value in named.items():
+        if value is not None and not isinstance(value, str):
+            raise OrchestratorError(f"{what.replace('_', ' ')} must be a string, not {type(value).__name__}")
 
 
 class Orchestrator:
@@ -124,6 +132,7 @@ class Orchestrator:
         """
         from orchestrator.launcher import launch_run
 
+        _ids(workflow_name=name, run_id=run_id)
         spec = self.store.get_workflow(name)
         run_id = run_id or new_run_id()
         try:
@@ -154,6 +163,7 @@ class Orchestrator:
         """
         from orchestrator.run_ends import RunEndListener
 
+        _ids(run_id=run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         with RunEndListener(self.app.backend.client, run_id) as listener:  # before the first read
             while True:
@@ -176,6 +186,7 @@ class Orchestrator:
 
     def get_run(self, run_id: str) -> Run:
         """The run document (`RunNotFound` when there is none)."""
+        _ids(run_id=run_id)
         return self.store.get_run(run_id)
 
     def list_runs(
@@ -186,10 +197,12 @@ class Orchestrator:
         parent: str | None = None,
     ) -> list[Run]:
         """Runs, newest first."""
+        _ids(workflow_name=workflow, status=status, parent_run_id=parent)
         return self.store.list_runs(workflow=workflow, status=status, parent_run_id=parent, limit=limit)
 
     def run_tree(self, run_id: str) -> Run:
         """The run with its child runs in `children`, recursively."""
+        _ids(run_id=run_id)
         return self.store.run_tree(run_id)
 
     def cancel(self, run_id: str, cascade: bool = True) -> list[str]:
@@ -200,6 +213,7 @@ class Orchestrator:
         """
         from orchestrator.cancel import cancel_run
 
+        _ids(run_id=run_id)
         return cancel_run(self.app, run_id, cascade=cascade)
 
     def close(self) -> None:

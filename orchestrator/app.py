@@ -15,6 +15,7 @@ from celery.backends.redis import RedisBackend
 from orchestrator.errors import OrchestratorError
 from orchestrator.leases import LeaseKeeper
 from orchestrator.registry import Registry, load_registry
+from orchestrator.secrets import SecretMask
 from orchestrator.settings import Settings
 from orchestrator.store import RunStore, open_store
 
@@ -52,6 +53,13 @@ class OrchestratorApp(Celery):  # type: ignore[misc]
 
     def _get_backend(self) -> RunResultBackend:
         return RunResultBackend(app=self, url=self.conf.result_backend)
+
+    @cached_property
+    def secret_mask(self) -> SecretMask:
+        """Masks the secrets this process holds (its secret settings, and every environment
+        variable named like a secret) in what nodes record and in log lines."""
+        secrets = [self.settings.telegram_bot_token, self.settings.twelvedata_api_key]
+        return SecretMask.of_process([s.get_secret_value() for s in secrets if s is not None])
 
     @cached_property
     def leases(self) -> LeaseKeeper:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import bson
 from celery.canvas import Signature
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
@@ -19,6 +20,7 @@ from orchestrator.constants import DISPATCH_GRACE_S
 from orchestrator.errors import OrchestratorError, WorkflowNotFound
 from orchestrator.models import aware, new_run_document, new_run_id, utcnow
 from orchestrator.run_ends import tell_waiters
+from orchestrator.secrets import check_variable_names
 from orchestrator.spec import WorkflowSpec
 
 if TYPE_CHECKING:
@@ -38,8 +40,11 @@ class Lineage:
     depth: int
 
 
-def merge_variables(spec: WorkflowSpec, given: dict[str, Any] | None) -> dict[str, Any]:
-    """The workflow's default variables overridden by those given; JSON only."""
+def merge_variables(
+    spec: WorkflowSpec, given: dict[str, Any] | None, max_bytes: int | None = None
+) -> dict[str, Any]:
+    """The workflow's default variables overridden by those given: JSON only, none named like
+    a secret (unless the workflow allows it), and within the run document's size budget."""
     try:
         given = _VARIABLES.validate_python(given or {})
     except ValidationError as exc:
@@ -47,7 +52,19 @@ def merge_variables(spec: WorkflowSpec, given: dict[str, Any] | None) -> dict[st
         raise OrchestratorError(
             f"workflow '{spec.name}': variable '{where}' is not JSON: {exc.errors()[0]['msg']}"
         ) from exc
-    return {**spec.variables, **given}
+    merged = {**spec.variables, **given}
+    if not spec.allow_secret_variables:
+        check_variable_names(merged, f"workflow '{spec.name}'")
+    if max_bytes is not None:
+        size = len(bson.encode({"variables": merged}))
+        if size > max_bytes:
+            raise OrchestratorError(
+                f"workflow '{spec.name}': its variables are {size / 1024:.0f} KiB; a run's variables "
+                f"may take {max_bytes / 1024:.0f} KiB, half its document's limit "
+                "(ORCH_MAX_RUN_DOC_BYTES), so that node outputs fit: pass identifiers (a symbol, "
+                "a date, a key), not datasets"
+            )
+    return merged
 
 
 def prepare_run(
@@ -74,7 +91,7 @@ def prepare_run(
         run_id=run_id,
         workflow=spec.name,
         node_ids=[node.id for node in spec.nodes],
-        variables=merge_variables(spec, variables),
+        variables=merge_variables(spec, variables, app.settings.max_run_doc_bytes // 2),
         trigger=trigger or {"type": "api"},
         parent_run_id=lineage.parent_run_id if lineage else None,
         parent_node_id=lineage.parent_node_id if lineage else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,17 @@ class Settings(BaseSettings):
         "answer, before it leaves the run to the reconciler",
     )
     home: Path = Field(Path("./.orchestrator"), validation_alias="ORCH_HOME")
+    data_dir_setting: Path | None = Field(
+        None,
+        validation_alias="ORCH_DATA_DIR",
+        description="the only directory file-reading nodes may read (default: ORCH_HOME/data)",
+    )
+    python_sandbox: Literal["bwrap", "none"] = Field(
+        "bwrap",
+        validation_alias="ORCH_PYTHON_SANDBOX",
+        description="how `python` nodes are contained: `bwrap` (namespaces, via bubblewrap) or "
+        "`none` (an explicit opt-out: the code runs as the worker's user, with its files and network)",
+    )
     max_run_doc_bytes: int = Field(
         1024 * 1024, ge=16 * 1024, le=15 * 1024 * 1024, validation_alias="ORCH_MAX_RUN_DOC_BYTES"
     )
@@ -71,6 +83,11 @@ class Settings(BaseSettings):
     telegram_api_url: str = Field("https://api.telegram.org", validation_alias="TELEGRAM_API_URL")
     twelvedata_api_key: SecretStr | None = Field(None, validation_alias="TWELVEDATA_API_KEY")
     twelvedata_url: str = Field("https://api.twelvedata.com", validation_alias="TWELVEDATA_URL")
+
+    @property
+    def data_dir(self) -> Path:
+        """The directory file-reading nodes may read: `ORCH_DATA_DIR`, else `ORCH_HOME/data`."""
+        return (self.data_dir_setting or self.home / "data").resolve()
 
     @property
     def plugin_modules(self) -> list[str]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
-from celery.signals import worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from orchestrator.constants import (
@@ -74,7 +74,7 @@ class NodeTask(Task):  # type: ignore[misc]
         once the run document shows it stalled. Anything else is an engine fault (a bug): the
         run ends as `error`."""
         run_id = (kwargs or {}).get("run_id")
-        if not run_id:
+        if not isinstance(run_id, str):
             return
         if service_error(exc, self.app.settings) is not None:
             logger.error("run %s: %s: %s; the reconciler will take the run on", run_id, self.name, exc)
@@ -93,10 +93,21 @@ def register_tasks(app: OrchestratorApp) -> None:
         _register_node_task(app, type_name)
     worker_init.connect(_import_node_types, dispatch_uid="orchestrator.import_node_types")
 
+    def mask_secrets_in_logs(logger: logging.Logger | None = None, **kwargs: Any) -> None:
+        for handler in (logger or logging.getLogger()).handlers:
+            handler.addFilter(app.secret_mask.log_filter())
+
+    after_setup_logger.connect(mask_secrets_in_logs, weak=False, dispatch_uid=f"orchestrator.mask.{id(app)}")
+    after_setup_task_logger.connect(
+        mask_secrets_in_logs, weak=False, dispatch_uid=f"orchestrator.mask-task.{id(app)}"
+    )
+
     @app.task(name=FINALIZE_TASK, bind=True, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def finalize_run(
         self: Task, run_id: str, output: Any = None, final_nodes: list[str] | None = None
     ) -> str | None:
+        if not isinstance(run_id, str):
+            raise Ignore()
         return end_run(self.app, run_id, output, final_nodes or [])
 
     @app.task(name=JOIN_TASK, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
@@ -138,6 +149,9 @@ def _register_node_task(app: OrchestratorApp, type_name: str) -> None:
         outages: int = 0,
         tried: int = 0,
     ) -> str | None:
+        if not isinstance(run_id, str) or not isinstance(node, dict):
+            logger.error("%s: dropped a message whose run id or node is malformed", self.name)
+            raise Ignore()
         node_type = self.app.registry.get(type_name)
         spec = NodeSpec.model_validate(node)
         message = NodeMessage(token, first, final, previous, hand_on, epoch, outages, tried)
@@ -240,6 +254,7 @@ def run_node(
     started_doc = before
 
     def record(state: dict[str, Any], doc_size: int = 0) -> NodeEnd:
+        state = _masked(task.app, state)
         if final is not None:
             if _end_node_and_run(task.app, started_doc, spec.id, state, final, doc_size, run_was, epoch):
                 return NodeEnd(run_ended=True)
@@ -281,6 +296,16 @@ def run_node(
     return NodeEnd()
 
 
+def _masked(app: OrchestratorApp, state: dict[str, Any]) -> dict[str, Any]:
+    """A node's end with the secrets the worker holds masked in its output and messages."""
+    mask = app.secret_mask
+    return state | {
+        "output": mask.json(state.get("output")),
+        "error": mask.text(state["error"]) if state.get("error") else state.get("error"),
+        "traceback": mask.text(state["traceback"]) if state.get("traceback") else state.get("traceback"),
+    }
+
+
 def _pure_start(
     store: RunStore, run_id: str, node_id: str, handed: dict[str, Any] | None, epoch: int
 ) -> dict[str, Any] | None:
@@ -288,7 +313,8 @@ def _pure_start(
     read; None when the run is over, the node is not startable or the message belongs to
     another epoch of the run (nothing is written)."""
     doc = handed or store.get_run_document(run_id)
-    if doc["status"] not in RUN_ACTIVE or doc["nodes"][node_id]["status"] not in NODE_STARTABLE:
+    state = doc["nodes"].get(node_id)
+    if doc["status"] not in RUN_ACTIVE or state is None or state["status"] not in NODE_STARTABLE:
         return None
     return doc if doc.get("epoch", 0) == epoch else None
 
@@ -337,6 +363,9 @@ def _not_started(
     unless this message may go on."""
     token = message.token
     doc = task.app.store.get_run_document(run_id)
+    if spec.id not in doc.get("nodes", {}):  # a forged or stray message: the run is left alone
+        logger.error("run %s has no node %r: dropped a message for it", run_id, spec.id)
+        raise Ignore()
     if doc["status"] not in ("pending", "running") or doc.get("epoch", 0) != message.epoch:
         raise Ignore()  # the run is over, or was sent again: stop this branch of the canvas here
     state = doc["nodes"][spec.id]

@@ -119,9 +119,29 @@ def test_twelvedata_asked_without_key_fails_naming_the_param() -> None:
 
 
 def test_csv_when_file_is_missing_fails_naming_path(tmp_path: Path) -> None:
-    params = MarketDataParams(symbol="X", provider="csv", path=str(tmp_path / "nope.csv"))
-    with pytest.raises(NodeError, match="parameter 'path': no file at"):
-        market_data.run(params, node_context(settings_with()))
+    params = MarketDataParams(symbol="X", provider="csv", path="nope.csv")
+    with pytest.raises(NodeError, match=r"parameter 'path': no file at 'nope\.csv' in the data directory"):
+        market_data.run(params, node_context(settings_with(ORCH_DATA_DIR=str(tmp_path))))
+
+
+@pytest.mark.parametrize("path", ["/proc/self/environ", "../outside.csv", "/etc/passwd"])
+def test_csv_outside_the_data_directory_is_refused_without_reading_it(tmp_path: Path, path: str) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "outside.csv").write_text("SECRET_TOKEN=abcdef123456\n")
+    params = MarketDataParams(symbol="X", provider="csv", path=path)
+    with pytest.raises(NodeError, match="is outside the data directory") as info:
+        market_data.run(params, node_context(settings_with(ORCH_DATA_DIR=str(tmp_path / "data"))))
+    assert "abcdef123456" not in str(info.value)
+
+
+def test_csv_whose_header_is_not_candles_fails_without_echoing_the_file(tmp_path: Path) -> None:
+    (tmp_path / "env.csv").write_text(
+        "TWELVEDATA_API_KEY=sk-live-987654,TELEGRAM_BOT_TOKEN=12345:abcdef\n1,2\n"
+    )
+    params = MarketDataParams(symbol="X", provider="csv", path="env.csv")
+    with pytest.raises(NodeError, match="has no column date") as info:
+        market_data.run(params, node_context(settings_with(ORCH_DATA_DIR=str(tmp_path))))
+    assert "sk-live-987654" not in str(info.value) and "abcdef" not in str(info.value)
 
 
 # --- Twelve Data against a local server ----------------------------------------------------
@@ -301,8 +321,9 @@ def test_twelvedata_code_429_in_body_backs_off_then_gives_up(twelvedata: str) ->
 
 
 @pytest.mark.usefixtures("worker")
-def test_worker_runs_synthetic_and_csv_providers(orch: Orchestrator, tmp_path: Path) -> None:
-    path = tmp_path / "prices.csv"
+def test_worker_runs_synthetic_and_csv_providers(orch: Orchestrator, settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # the worker reads files only there
+    path = settings.data_dir / "prices.csv"
     path.write_text(
         "Date,Open,High,Low,Close,Volume\n"
         "2024-03-04,10,11,9,10.5,100\n"
@@ -320,7 +341,7 @@ def test_worker_runs_synthetic_and_csv_providers(orch: Orchestrator, tmp_path: P
         {
             "id": "file",
             "type": "market_data",
-            "params": {"symbol": "{{ symbol }}", "provider": "csv", "path": str(path)},
+            "params": {"symbol": "{{ symbol }}", "provider": "csv", "path": "prices.csv"},
         },
         variables={"symbol": "ACME"},
     )

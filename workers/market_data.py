@@ -263,12 +263,27 @@ def synthetic_candles(
     )
 
 
+MAX_CSV_BYTES = 64 * 1024 * 1024
+
+
 def _csv_path(params: MarketDataParams, context: NodeContext) -> Path:
+    """The file to read: under the data directory (`ORCH_DATA_DIR`) and nowhere else, so that a
+    workflow cannot make a worker read its own secrets (`/proc/self/environ`) or files."""
+    where = f"node '{context.node_id}' (market_data): parameter 'path'"
     if params.path is None:
+        raise NodeError(f"{where} is required with provider 'csv'")
+    root = context.settings.data_dir
+    path = (root / params.path).resolve()  # an absolute path stays as it is; links are followed
+    if not path.is_relative_to(root):
         raise NodeError(
-            f"node '{context.node_id}' (market_data): parameter 'path' is required with provider 'csv'"
+            f"{where}: '{params.path}' is outside the data directory {root}: nodes read files only "
+            "there (set ORCH_DATA_DIR on the workers to choose it; relative paths start from it)"
         )
-    return Path(params.path)
+    if not path.is_file():
+        raise NodeError(f"{where}: no file at '{params.path}' in the data directory {root}")
+    if path.stat().st_size > MAX_CSV_BYTES:
+        raise NodeError(f"{where}: '{params.path}' is over {MAX_CSV_BYTES // 2**20} MiB")
+    return path
 
 
 def load_csv(path: Path, node_id: str) -> pd.DataFrame:
@@ -278,13 +293,11 @@ def load_csv(path: Path, node_id: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
     except FileNotFoundError:
+        raise NodeError(f"node '{node_id}' (market_data): parameter 'path': no file at '{path}'") from None
+    except (OSError, ValueError) as exc:  # the reader's message may quote the file: not shown
         raise NodeError(
-            f"node '{node_id}' (market_data): parameter 'path': no file at '{path}' "
-            f"(relative paths start from the worker's directory, {Path.cwd()})"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise NodeError(
-            f"node '{node_id}' (market_data): parameter 'path': cannot read '{path}': {exc}"
+            f"node '{node_id}' (market_data): parameter 'path': '{path}' is not a readable CSV "
+            f"file ({type(exc).__name__})"
         ) from exc
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     date_column = next((c for c in DATE_COLUMNS if c in frame.columns), None)
@@ -293,8 +306,8 @@ def load_csv(path: Path, node_id: str) -> pd.DataFrame:
         needed = ([] if date_column else ["date"]) + absent
         raise NodeError(
             f"node '{node_id}' (market_data): parameter 'path': '{path}' has no column "
-            f"{', '.join(needed)} (expected date,open,high,low,close[,volume]; "
-            f"found {', '.join(frame.columns)})"
+            f"{', '.join(needed)} (expected a header line date,open,high,low,close[,volume]; "
+            f"its header has {len(frame.columns)} columns, not shown: they could be anything)"
         )
     return frame.rename(columns={date_column: "datetime"})
 

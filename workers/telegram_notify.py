@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import warnings
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -243,7 +244,7 @@ class _Sender:
         return NodeError(f"{self.where}: {what}")
 
     def _redact(self, text: str) -> str:
-        return text.replace(self.token, _TOKEN_MASK)
+        return _mask_token(text, self.token)
 
 
 def _retry_after_s(exc: RetryAfter) -> float:
@@ -261,10 +262,15 @@ class _MaskToken(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if self.token in message:
-            record.msg = message.replace(self.token, _TOKEN_MASK)
-            record.args = ()
+        masked = _mask_token(message, self.token)
+        if masked != message:
+            record.msg, record.args = masked, ()
         return True
+
+
+def _mask_token(text: str, token: str) -> str:
+    """`text` without the bot token, whatever its case (the library lower-cases some messages)."""
+    return re.sub(re.escape(token), _TOKEN_MASK, text, flags=re.IGNORECASE) if token else text
 
 
 def _mask_token_in_logs(token: str) -> None:
