@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.errors import NodeError
+from orchestrator.secrets import secret_names
 from orchestrator.spec import WorkflowSpec
-
-SECRET_NAME = re.compile(r"password|passwd|token|secret|api_?key|private_?key", re.IGNORECASE)
 
 
 def child_run_id(parent_run_id: str, node_id: str, loop_index: int | None = None) -> str:
     """The id of the child run a node starts: the same on every delivery of the node."""
     suffix = f".{loop_index}" if loop_index is not None else ""
     return f"{parent_run_id}.{node_id}{suffix}"
-
-
-def _names(value: Any, path: str = "") -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            yield here
-            yield from _names(item, here)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _names(item, f"{path}[{index}]")
 
 
 def check_child_variables(variables: Any, node_id: str, max_bytes: int, allow_secrets: bool) -> None:
@@ -47,14 +34,12 @@ def check_child_variables(variables: Any, node_id: str, max_bytes: int, allow_se
             "(ORCH_MAX_CHILD_VARIABLES_BYTES): pass identifiers (a symbol, a date, a key), not datasets"
         )
     if not allow_secrets:
-        for name in _names(variables):
-            leaf = re.split(r"[.\[]", name)[-1]
-            if SECRET_NAME.search(leaf):
-                raise NodeError(
-                    f"{where}: '{name}' looks like a secret; secrets belong in the environment of the "
-                    "workers (or a settings file), not in run variables. Set `allow_secret_variables: true` "
-                    "on the target workflow to pass it anyway"
-                )
+        for name in secret_names(variables):
+            raise NodeError(
+                f"{where}: '{name}' looks like a secret; secrets belong in the environment of the "
+                "workers (or a settings file), not in run variables. Set `allow_secret_variables: true` "
+                "on the target workflow to pass it anyway"
+            )
 
 
 def finished_output(child: dict[str, Any], target: str, elapsed_s: float) -> dict[str, Any]:
