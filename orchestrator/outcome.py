@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import bson
 from pydantic import JsonValue
 
 from orchestrator.constants import RunStatus
@@ -46,14 +47,32 @@ def finished_outputs(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def decide_outcome(
-    doc: Mapping[str, Any], output: JsonValue, final_nodes: list[str]
+    doc: Mapping[str, Any], output: JsonValue, final_nodes: list[str], room_bytes: int | None = None
 ) -> tuple[RunStatus, Any, str | None]:
     """How a run ends, from its nodes: `(status, results, error)`.
 
     `failed` when any node failed (the error names them); `error` when the workflow's
-    `output` cannot be evaluated; else `finished` with `results` = the evaluated `output`,
-    or `{node_id: output}` of the final nodes that finished.
+    `output` cannot be evaluated, or its results would not fit in the `room_bytes` the run
+    document has left; else `finished` with `results` = the evaluated `output`, or
+    `{node_id: output}` of the final nodes that finished.
     """
+    status, results, error = _outcome(doc, output, final_nodes)
+    if status == "finished" and room_bytes is not None:
+        size = len(bson.encode({"results": results}))
+        if size > room_bytes:
+            room = max(room_bytes, 0) / 1024
+            message = (
+                f"the workflow's output is {size / 1024:.0f} KiB, more than the {room:.0f} KiB its "
+                "run document has left under ORCH_MAX_RUN_DOC_BYTES: make `output` return "
+                "identifiers or a summary, not the data"
+            )
+            return "error", None, message
+    return status, results, error
+
+
+def _outcome(
+    doc: Mapping[str, Any], output: JsonValue, final_nodes: list[str]
+) -> tuple[RunStatus, Any, str | None]:
     nodes = doc.get("nodes", {})
     failed = [node_id for node_id, state in nodes.items() if state.get("status") == "failed"]
     if failed:

@@ -448,8 +448,9 @@ class RunStore:
             added = len(bson.encode({"o": state["output"]}))
             if doc_size + added > self.max_run_doc_bytes:
                 raise DocumentTooLarge(
-                    f"node '{node_id}' output is {added / 1024:.0f} KiB; with it the run document would pass "
-                    f"the {self.max_run_doc_bytes / 1024:.0f} KiB limit (ORCH_MAX_RUN_DOC_BYTES). "
+                    f"node '{node_id}' output is {added / 1024:.0f} KiB and the run document already "
+                    f"{doc_size / 1024:.0f} KiB: together they would pass the "
+                    f"{self.max_run_doc_bytes / 1024:.0f} KiB limit (ORCH_MAX_RUN_DOC_BYTES). "
                     "Store large data elsewhere and pass an identifier."
                 )
 

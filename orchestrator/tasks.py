@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import bson
 from celery import Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
@@ -335,8 +336,10 @@ def _end_node_and_run(
     document read at its start, with its own state, decides the run's outcome.
     """
     nodes = {**before.get("nodes", {}), node_id: state}
+    used = (doc_size or document_size(before)) + len(bson.encode({node_id: state}))
+    room = app.settings.max_run_doc_bytes - used
     status, results, error = decide_outcome(
-        {**before, "nodes": nodes}, final.get("output"), final.get("final_nodes") or []
+        {**before, "nodes": nodes}, final.get("output"), final.get("final_nodes") or [], room
     )
     ended = app.store.end_last_node(
         before["_id"],
@@ -459,7 +462,8 @@ def end_run(
     doc = store.get_run_document(run_id)
     if doc["status"] not in ("pending", "running"):
         return None
-    status, results, error = decide_outcome(doc, output, final_nodes)
+    room = app.settings.max_run_doc_bytes - document_size(doc)
+    status, results, error = decide_outcome(doc, output, final_nodes, room)
     ended = store.end_run(run_id, status, results=results, error=error)
     if ended is None:
         return None

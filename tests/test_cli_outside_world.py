@@ -158,3 +158,15 @@ def test_runs_list_not_on_a_terminal_shows_every_id_whole(settings: Settings, or
     assert done.returncode == 0, done.stderr
     assert long_id in done.stdout and "A Workflow With A Long Name " * 3 in done.stdout
     assert "…" not in done.stdout
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_name_with_rich_markup_is_shown_as_text_by_every_command(
+    settings: Settings, orch: Orchestrator
+) -> None:
+    name = "x[/bold]y [red]z"
+    orch.register({"name": name, "nodes": [{"id": "a", "type": "set"}]})
+    for args in (("workflows", "list"), ("run", name, "--wait"), ("runs", "list")):
+        done, _ = on_suite(settings, *args)
+        assert done.returncode == 0, done.stderr
+        assert name in done.stdout

@@ -131,3 +131,24 @@ def test_secret_values_a_worker_holds_are_masked_in_outputs_and_errors_whatever_
     assert SECRET.lower() not in doc
     assert run.nodes["echo"].output == {"said": "the key is ***!"}
     assert "cannot use ***" in (run.nodes["boom"].error or "")
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_workflow_output_too_large_for_its_run_document_ends_the_run_as_error_saying_so(
+    orch: Orchestrator,
+) -> None:
+    orch.register(
+        workflow(
+            "Huge Output",
+            {"id": "b", "type": "big", "params": {"kib": 400}},
+            output={
+                "once": "{{ nodes.b.output }}",
+                "twice": "{{ nodes.b.output }}",
+                "more": "{{ nodes.b.output }}",
+            },
+        )
+    )
+    run = orch.run("Huge Output", timeout=60)
+    assert run.status == "error" and run.nodes["b"].status == "finished"
+    assert "the workflow's output is" in (run.error or "") and "ORCH_MAX_RUN_DOC_BYTES" in (run.error or "")
+    assert run.results is None
