@@ -6,6 +6,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# bubblewrap contains the `python` node's code (ORCH_PYTHON_SANDBOX=bwrap, the default).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+
 # Only what the package needs: the build context holds no .dockerignore, and a local .venv
 # must stay out of the image. README.m[d] matches nothing (and is skipped) when there is none.
 # examples/ is package data (`orchestrator._examples` in pyproject.toml): `pip install .`

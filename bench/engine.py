@@ -51,8 +51,9 @@ import redis
 from celery import chain
 
 from orchestrator.api import Orchestrator
-from orchestrator.app import OrchestratorApp, create_app
+from orchestrator.app import OrchestratorApp
 from orchestrator.embedded import Service, private_stack, stop_process
+from orchestrator.factory import create_app
 from orchestrator.models import Run
 from orchestrator.settings import Settings
 

@@ -78,9 +78,10 @@ from bench.store_floor import (  # noqa: E402
     ratio_floor,
 )
 from orchestrator.api import Orchestrator  # noqa: E402
-from orchestrator.app import OrchestratorApp, create_app  # noqa: E402
+from orchestrator.app import OrchestratorApp  # noqa: E402
 from orchestrator.child_runs import child_run_id  # noqa: E402
 from orchestrator.constants import RUN_OVER  # noqa: E402
+from orchestrator.factory import create_app  # noqa: E402
 from orchestrator.models import Run  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 

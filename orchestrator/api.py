@@ -23,6 +23,7 @@ from orchestrator.urls import redact
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
+    from orchestrator.registry import Registry
 
 
 def _ids(**named: object) -> None:
@@ -68,7 +69,7 @@ class Orchestrator:
     @cached_property
     def app(self) -> OrchestratorApp:
         """The Celery app, made on first use; it shares this object's run store."""
-        from orchestrator.app import create_app
+        from orchestrator.factory import create_app
 
         app = create_app(self.settings)
         app.__dict__["store"] = self.store  # one MongoDB client, not two
@@ -90,24 +91,37 @@ class Orchestrator:
             client.close()
 
     def register(self, source: str | Path | Mapping[str, Any] | WorkflowSpec) -> WorkflowSpec:
-        """Validate a workflow (a file path, a dict or a spec) and store it under its name."""
-        known = self.node_type_names()
+        """Validate a workflow (a file path, a dict or a spec) and store it under its name.
+
+        Raises:
+            WorkflowValidationError: the workflow is invalid (every problem listed, each with
+                its file, node and field); nothing is stored.
+        """
+        from orchestrator.errors import WorkflowValidationError
+
+        known = self.node_types()
+        budget = self.settings.max_run_doc_bytes // 2  # a run's variables, as the launcher allows
         if isinstance(source, WorkflowSpec):
-            spec = parse_workflow(source.model_dump(mode="json", exclude_defaults=True), known)
+            data = source.model_dump(mode="json", exclude_defaults=True)
+            spec = parse_workflow(data, known, max_variables_bytes=budget)
         elif isinstance(source, Mapping):
-            spec = parse_workflow(source, known)
+            spec = parse_workflow(source, known, max_variables_bytes=budget)
+        elif isinstance(source, str | Path):
+            spec = load_workflow_file(source, known, max_variables_bytes=budget)
         else:
-            spec = load_workflow_file(source, known)
+            raise WorkflowValidationError(
+                f"cannot register a {type(source).__name__}: give a file path, a mapping or a WorkflowSpec"
+            )
         self.store.save_workflow(spec)
         return spec
 
-    def node_type_names(self) -> list[str]:
-        """Names of the node types workflows may use."""
+    def node_types(self) -> Registry:
+        """The node types workflows may use (their modules are imported only when asked about)."""
         if "app" in self.__dict__:
-            return self.app.registry.names()
+            return self.app.registry
         from orchestrator.registry import load_registry
 
-        return load_registry(tuple(self.settings.plugin_modules)).names()
+        return load_registry(tuple(self.settings.plugin_modules))
 
     def workflows(self) -> list[WorkflowSpec]:
         """Every registered workflow."""

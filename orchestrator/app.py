@@ -1,4 +1,4 @@
-"""The Celery app factory: one app per process, built explicitly from `Settings`.
+"""The Celery app of the orchestrator: one per process, built by `orchestrator.factory`.
 
 The app carries the settings, the node-type registry and (made lazily, after any fork) the
 run store, so tasks find them through `self.app` rather than through module globals.
@@ -14,7 +14,7 @@ from celery.backends.redis import RedisBackend
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.leases import LeaseKeeper
-from orchestrator.registry import Registry, load_registry
+from orchestrator.registry import NodeContext, Registry
 from orchestrator.secrets import SecretMask
 from orchestrator.settings import Settings
 from orchestrator.store import RunStore, open_store
@@ -72,25 +72,8 @@ class OrchestratorApp(Celery):  # type: ignore[misc]
         return open_store(self.settings)
 
 
-def create_app(settings: Settings | None = None) -> OrchestratorApp:
-    """Build the Celery app: `celeryconfig` settings, Redis from `REDIS_URL`, every task.
-
-    Args:
-        settings: the settings to use; read from the environment when omitted.
-    """
-    from orchestrator.tasks import register_tasks
-
-    settings = settings or Settings()
-    registry = load_registry(tuple(settings.plugin_modules))
-    app = OrchestratorApp(settings, registry)
-    app.config_from_object("celeryconfig")
-    app.conf.broker_url = settings.redis_url
-    app.conf.result_backend = settings.redis_url
-    app.conf.broker_connection_timeout = settings.connect_timeout_s
-    app.conf.redis_socket_connect_timeout = settings.connect_timeout_s
-    sweep = dict(app.conf.beat_schedule["orchestrator-sweep-waits"])
-    sweep["schedule"] = settings.sweep_s
-    sweep["options"] = {"expires": settings.sweep_s * 0.9}
-    app.conf.beat_schedule = {**app.conf.beat_schedule, "orchestrator-sweep-waits": sweep}
-    register_tasks(app)
-    return app
+def app_of(context: NodeContext) -> OrchestratorApp:
+    """The orchestrator's app a node runs in, for node types that start runs."""
+    if not isinstance(context.app, OrchestratorApp):
+        raise OrchestratorError(f"node '{context.node_id}' runs outside an orchestrator worker")
+    return context.app

@@ -11,6 +11,7 @@ Celery or the node types.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -105,14 +106,17 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def parse_vars(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
-    """`--vars JSON` then each `--var KEY=VALUE` (JSON when it parses, else a string)."""
+def parse_vars(pairs: tuple[str, ...], as_json: str | None, max_bytes: int | None = None) -> dict[str, Any]:
+    """`--vars JSON` then each `--var KEY=VALUE` (JSON when it parses, else a string).
+
+    Variables no run could hold are refused (exit 2), each naming the variable: NaN and
+    Infinity, integers past 64 bits, nesting past `spec.MAX_DEPTH`, text that is not UTF-8
+    (a command line in another encoding), NUL in keys, and more than `max_bytes` in all
+    (default: half of `ORCH_MAX_RUN_DOC_BYTES`, as the launcher allows).
+    """
     variables: dict[str, Any] = {}
     if as_json:
-        try:
-            loaded = json.loads(as_json)
-        except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--vars") from exc
+        loaded = _json_option(as_json, "--vars")
         if not isinstance(loaded, dict):
             raise click.BadParameter("must be a JSON object", param_hint="--vars")
         variables.update(loaded)
@@ -121,10 +125,59 @@ def parse_vars(pairs: tuple[str, ...], as_json: str | None) -> dict[str, Any]:
         if not sep or not key:
             raise click.BadParameter(f"'{pair}' is not KEY=VALUE", param_hint="--var")
         try:
-            variables[key] = json.loads(raw)
-        except json.JSONDecodeError:
+            variables[key] = _json_option(raw, f"--var {key}")
+        except _NotJson:
             variables[key] = raw
+    _check_variables(variables, max_bytes)
     return variables
+
+
+class _NotJson(Exception):
+    """A `--var` value that is not JSON: it is taken as a string."""
+
+
+def _json_option(text: str, hint: str) -> Any:
+    """The JSON in an option's value; `_NotJson` when it is not JSON, a `BadParameter` when it
+    is JSON that a run cannot hold (NaN, a number past 4300 digits, deep nesting)."""
+    from orchestrator.spec import MAX_DEPTH, load_json
+
+    try:
+        json.loads(text)  # JSON at all? (as Python reads it: `NaNcy` is not, `NaN` is)
+    except json.JSONDecodeError as exc:
+        if hint == "--vars":
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint=hint) from exc
+        raise _NotJson() from exc
+    except (ValueError, RecursionError):
+        pass  # JSON, too large or deep to read: said below
+    try:
+        return load_json(text)  # strictly: no NaN, Infinity nor duplicate keys
+    except RecursionError:
+        raise click.BadParameter(f"nested more than {MAX_DEPTH} levels deep", param_hint=hint) from None
+    except ValueError as exc:  # NaN, Infinity, a duplicate key, an integer past 4300 digits
+        message = str(exc).split("; use sys.set_int_max_str_digits()")[0]
+        raise click.BadParameter(message, param_hint=hint) from None
+
+
+def _check_variables(variables: dict[str, Any], max_bytes: int | None) -> None:
+    """Refuse variables that MongoDB or a run's document cannot hold."""
+    import bson
+
+    from orchestrator.spec import value_problems
+
+    problems = value_problems(variables, most=1)
+    if problems:
+        loc, problem = problems[0]
+        where = ".".join(str(p) for p in loc[:8]) or "(variables)"
+        raise click.BadParameter(f"variable '{where}': {problem}", param_hint="--var/--vars")
+    budget = cli_settings().max_run_doc_bytes // 2 if max_bytes is None else max_bytes
+    size = len(bson.encode({"variables": variables}))
+    if size > budget:
+        raise click.BadParameter(
+            f"the variables take {size / 1024:,.0f} KiB; a run's variables may take "
+            f"{budget / 1024:,.0f} KiB, half its document's limit (ORCH_MAX_RUN_DOC_BYTES): pass "
+            "identifiers (a symbol, a date, a key), not datasets",
+            param_hint="--var/--vars",
+        )
 
 
 def cli_settings() -> Settings:
@@ -171,13 +224,16 @@ def workflows_apply(paths: tuple[Path, ...]) -> None:
 
     with connected() as orch:
         files = [p for path in paths for p in (workflow_files(path) if path.is_dir() else [path])]
-        known_types = orch.node_type_names()
+        known_types = orch.node_types()
+        budget = orch.settings.max_run_doc_bytes // 2  # a run's variables, as the launcher allows
         specs, problems = [], []
-        for path in files:
+        for path in files:  # every file is checked before any is registered
             try:
-                specs.append(load_workflow_file(path, known_types))
+                specs.append(load_workflow_file(path, known_types, max_variables_bytes=budget))
             except WorkflowValidationError as exc:
                 problems += exc.problems
+            except Exception as exc:  # a check that failed itself: still this file's problem
+                problems.append(f"{path}: could not be checked: {type(exc).__name__}: {exc}")
         if problems:
             raise WorkflowValidationError("\n".join(problems), problems)
         for spec in specs:
@@ -216,7 +272,13 @@ def workflows_list(as_json: bool) -> None:
 @click.option("--var", "pairs", multiple=True, metavar="KEY=VALUE", help="a variable (JSON when it parses)")
 @click.option("--vars", "vars_json", metavar="JSON", help="variables as one JSON object")
 @click.option("--wait", is_flag=True, help="wait for the run to end and show it")
-@click.option("--timeout", type=float, default=None, help="seconds to wait (with --wait)")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    callback=lambda ctx, param, value: _finite_seconds(value),
+    help="seconds to wait (with --wait)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON (the run document with --wait)")
 @click.option("--run-id", default=None, help="the new run's id: a second run with the same id starts nothing")
 def run_command(
@@ -245,6 +307,13 @@ def run_command(
         show_run(orch, run, as_json)
         if run.status != "finished":
             sys.exit(1)
+
+
+def _finite_seconds(value: float | None) -> float | None:
+    """`--timeout`: a number of seconds above 0 (the type checks), and not `inf` nor `nan`."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds", param_hint="--timeout")
+    return value
 
 
 def wait_with_progress(orch: Orchestrator, run_id: str, timeout: float | None, show: bool) -> Run:
@@ -401,7 +470,7 @@ def worker(
     concurrency: int | None, pool: str, queues: str | None, loglevel: str, hostname: str | None
 ) -> None:
     """Start a Celery worker that runs workflow nodes."""
-    from orchestrator.app import create_app
+    from orchestrator.factory import create_app
 
     argv = ["worker", f"--pool={pool}", f"--loglevel={loglevel}", "--task-events"]
     argv += [f"--concurrency={concurrency}"] if concurrency else []
@@ -418,7 +487,7 @@ def beat(loglevel: str) -> None:
     Schedules are read from the registered workflows every ORCH_SCHEDULE_REFRESH_S seconds;
     any number of beat processes may run (each slot fires once).
     """
-    from orchestrator.app import create_app
+    from orchestrator.factory import create_app
     from orchestrator.schedules import SCHEDULER
 
     app = create_app()
@@ -453,7 +522,7 @@ def flower(port: int, address: str, no_auth: bool) -> None:
     """
     import secrets
 
-    from orchestrator.app import create_app
+    from orchestrator.factory import create_app
 
     if no_auth:
         os.environ.pop("FLOWER_BASIC_AUTH", None)

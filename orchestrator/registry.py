@@ -25,9 +25,11 @@ from pydantic import BaseModel
 
 from orchestrator.constants import ENTRY_POINT_GROUP
 from orchestrator.errors import ConfigurationError
+from orchestrator.spec import DEFAULT_BRANCHES
 
 if TYPE_CHECKING:
-    from orchestrator.app import OrchestratorApp
+    from celery import Celery
+
     from orchestrator.settings import Settings
     from orchestrator.spec import NodeSpec
     from orchestrator.store import RunStore
@@ -46,7 +48,8 @@ class NodeContext:
         outputs: outputs of the nodes that finished before this one, by id.
         deadline: UTC time by which the node must be done (from `timeout_s`), or None.
         store, settings: for node types that keep data or read configuration.
-        app: the Celery app, for node types that start runs.
+        app: the Celery app, for node types that start runs (`orchestrator.app.app_of` gives
+            it as the orchestrator's app).
         spec: the node's own spec (its `after`, `params` as written), for node types that
             combine their inputs (`merge`) or render templates themselves.
     """
@@ -61,7 +64,7 @@ class NodeContext:
     settings: Settings
     deadline: datetime | None = None
     run: Mapping[str, Any] = field(default_factory=dict)
-    app: OrchestratorApp | None = None
+    app: Celery | None = None
     spec: NodeSpec | None = None
 
     @property
@@ -132,9 +135,6 @@ class NodeType(Generic[P]):
             raise ConfigurationError(f"node type '{self.name}' cannot be pure and wait (it has `resume`)")
 
 
-BUILTIN_BRANCHES: dict[str, tuple[str, ...]] = {"condition": ("yes", "no")}
-
-
 class Registry:
     """The node types known to this process, by name.
 
@@ -170,6 +170,14 @@ class Registry:
         if name in self._builtin:
             return self._import(name)
         raise ConfigurationError(f"unknown node type '{name}' (known: {', '.join(self.names())})")
+
+    def branches(self, type_name: str) -> tuple[str, ...]:
+        """The branches a type offers (empty for types that do not branch); imports only that
+        type's module (the built-in defaults when it cannot be imported)."""
+        try:
+            return self.get(type_name).branches if type_name in self else ()
+        except ConfigurationError:
+            return DEFAULT_BRANCHES.get(type_name, ())
 
     def names(self) -> list[str]:
         """Names of every known type, sorted; imports nothing."""
@@ -278,15 +286,3 @@ def builtin_modules() -> list[str]:
         for info in pkgutil.iter_modules(workers.__path__)
         if not info.name.startswith("_")
     )
-
-
-def branches_of(type_name: str) -> tuple[str, ...]:
-    """The branches a node type offers (empty for types that do not branch); imports only
-    that type's module."""
-    try:
-        registry = load_registry()
-        if type_name in registry:
-            return registry.get(type_name).branches
-    except ConfigurationError:
-        pass
-    return BUILTIN_BRANCHES.get(type_name, ())

@@ -1,17 +1,24 @@
 """Workflow specs: pydantic models of workflow files, loading from YAML/JSON, and validation.
 
 Validation happens at load time so that a bad file is refused with every problem listed, each
-naming the workflow, the node and the field, before anything runs.
+naming the workflow, the node and the field, before anything runs. Loading is bounded: a file
+is read only when it is a regular file of at most `MAX_FILE_BYTES`, in UTF-8; YAML with duplicate
+keys, too many aliases or deep nesting is refused while it is parsed; values MongoDB or JSON
+cannot hold (integers past 64 bits, NaN, NUL in keys) are refused before the models see them.
+Templates are parsed, never compiled or rendered, at registration.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Iterable, Mapping
+import stat
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -19,7 +26,22 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 
 from orchestrator.errors import WorkflowValidationError
 
-NODE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+NODE_ID = re.compile(r"[a-z][a-z0-9_]*")
+"""What a node id must be, whole: use `fullmatch` (`$` would let a trailing newline through)."""
+MAX_FILE_BYTES = 1024 * 1024
+"""The largest workflow file read."""
+MAX_DEPTH = 64
+"""How deeply lists and objects may nest in a workflow (the document itself is level 1)."""
+MAX_YAML_ALIASES = 100
+"""The most YAML aliases (`*name`) a workflow file may use."""
+MAX_VALUES = 1_000_000
+"""The most values a workflow may hold, aliases expanded (a YAML alias bomb stops here)."""
+MAX_WORKFLOW_BYTES = 4 * 1024 * 1024
+"""The largest workflow as stored (BSON), well within MongoDB's 16 MiB per document."""
+INT64 = (-(2**63), 2**63 - 1)
+"""The integers MongoDB stores."""
+_CONTROL = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+"""Unicode categories refused in names: control, format (bidi overrides), line breaks, surrogates."""
 
 
 class RetryPolicy(BaseModel):
@@ -147,61 +169,245 @@ class WorkflowSpec(BaseModel):
         return [node for node in self.nodes if node.id not in needed]
 
 
+def _show(text: Any, limit: int = 80) -> str:
+    """A name or id for a message, in quotes: as written when printable, else escaped (a
+    newline in an id must not start a new line of the message), cut at `limit` characters."""
+    text = str(text)
+    shown = text if text.isprintable() else repr(text)[1:-1]
+    return f"'{shown[:limit]}…'" if len(shown) > limit else f"'{shown}'"
+
+
 def _where(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> str:
     """A readable place for a pydantic error location: `node 'fetch', field 'params.x'`."""
     if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
-        nodes = data.get("nodes") or []
+        nodes = data.get("nodes")
+        nodes = nodes if isinstance(nodes, list) else []
         node = nodes[loc[1]] if loc[1] < len(nodes) and isinstance(nodes[loc[1]], Mapping) else {}
-        label = f"node '{node['id']}'" if "id" in node else f"node #{loc[1] + 1}"
-        rest = ".".join(str(p) for p in loc[2:])
+        label = f"node {_show(node['id'])}" if "id" in node else f"node #{loc[1] + 1}"
+        rest = _path(loc[2:])
         return f"{label}, field '{rest}'" if rest else label
-    return f"field '{'.'.join(str(p) for p in loc)}'" if loc else "the document"
+    return f"field '{_path(loc)}'" if loc else "the document"
+
+
+def _path(loc: tuple[int | str, ...], most: int = 8) -> str:
+    """`params.x.0`, cut after `most` parts (a place 64 levels deep stays readable)."""
+    shown = ".".join(str(p) for p in loc[:most])
+    return f"{shown}.…" if len(loc) > most else shown
 
 
 def _name_of(data: Any, source: str | None) -> str:
     name = data.get("name") if isinstance(data, Mapping) else None
-    label = f"workflow '{name}'" if name else "workflow"
+    label = f"workflow {_show(name, 200)}" if isinstance(name, str) and name else "workflow"
     return f"{label} ({source})" if source else label
 
 
 def parse_workflow(
-    data: Any, known_types: Iterable[str] | None = None, source: str | None = None
+    data: Any,
+    known_types: KnownTypes = None,
+    source: str | None = None,
+    *,
+    max_variables_bytes: int | None = None,
 ) -> WorkflowSpec:
     """Validate a workflow given as a dict; raise `WorkflowValidationError` listing every problem.
 
     Args:
         data: the parsed workflow file.
-        known_types: node types that exist; when given, an unknown `type` is an error.
+        known_types: node types that exist; when given, an unknown `type` is an error, and a
+            catalog that gives each type's params model (`Registry`) has literal params checked.
         source: where the data came from (a file path), for the messages.
+        max_variables_bytes: the most a run's variables may take (half of
+            `Settings.max_run_doc_bytes`); None: not checked.
     """
     label = _name_of(data, source)
     if not isinstance(data, Mapping):
         raise WorkflowValidationError(f"{label}: a workflow must be a mapping, got {type(data).__name__}")
+    problems = [f"{label}: {_where(data, loc)}: {problem}" for loc, problem in value_problems(data)]
+    if problems:
+        raise WorkflowValidationError("\n".join(problems), problems)
     try:
         spec = WorkflowSpec.model_validate(data)
     except ValidationError as exc:
         problems = [f"{label}: {_where(data, e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise WorkflowValidationError("\n".join(problems), problems) from exc
-    problems = [f"{label}: {p}" for p in graph_problems(spec, known_types)]
-    problems += [f"{label}: {p}" for p in template_problems(spec)]
-    if problems:
+    found = [
+        *name_problems(spec),
+        *graph_problems(spec, known_types),
+        *params_problems(spec, known_types),
+        *template_problems(spec),
+        *size_problems(spec, max_variables_bytes),
+    ]
+    if found:
+        problems = [f"{label}: {p}" for p in found]
         raise WorkflowValidationError("\n".join(problems), problems)
     return spec
 
 
-def graph_problems(spec: WorkflowSpec, known_types: Iterable[str] | None = None) -> list[str]:
-    """What is wrong with the node graph: ids, dependencies, branches, cycles, node types."""
-    from orchestrator.registry import branches_of  # the registry knows which types branch
+def value_problems(data: Any, most: int = 20) -> list[tuple[tuple[int | str, ...], str]]:
+    """What JSON or MongoDB cannot hold in `data`, each with its place (at most `most`): nesting
+    past `MAX_DEPTH` (or a structure that contains itself), integers past 64 bits, NaN and
+    infinities, text that is not UTF-8, NUL in keys, more than `MAX_VALUES` values.
 
+    The walk is iterative and stops at the limits, so that no input makes it recurse or run
+    long: an alias bomb is refused after `MAX_VALUES` steps, not expanded.
+    """
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    stack: list[tuple[Any, tuple[int | str, ...]]] = [(data, ())]
+    for _ in range(MAX_VALUES + 1):
+        if not stack or len(problems) >= most:
+            return problems
+        value, loc = stack.pop()
+        problem = _value_problem(value, len(loc) + 1)
+        if problem is not None:
+            problems.append((loc, problem))
+        elif isinstance(value, Mapping | list | tuple):
+            children = list(_children(value, loc, problems))
+            stack.extend(reversed(children))
+    problems.append(((), f"holds more than {MAX_VALUES:,} values (YAML aliases that expand?)"))
+    return problems
+
+
+def _value_problem(value: Any, depth: int) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        shown = str(value) if value.bit_length() < 128 else f"of {value.bit_length():,} bits"
+        return (
+            f"the integer {shown} does not fit in 64 bits: MongoDB stores integers from -2^63 "
+            "to 2^63-1 (write a larger number as a string)"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a number JSON can hold (NaN and Infinity are not JSON)"
+    if isinstance(value, str) and not value.isascii() and not _is_utf8(value):
+        return "the text is not valid UTF-8 (it holds a lone surrogate)"
+    if isinstance(value, Mapping | list | tuple) and depth > MAX_DEPTH:
+        return f"nested more than {MAX_DEPTH} levels deep (or it contains itself)"
+    return None
+
+
+def _children(
+    value: Mapping[Any, Any] | list[Any] | tuple[Any, ...],
+    loc: tuple[int | str, ...],
+    problems: list[tuple[tuple[int | str, ...], str]],
+) -> Iterator[tuple[Any, tuple[int | str, ...]]]:
+    """The items of a list or object with their places; bad keys go to `problems`."""
+    if not isinstance(value, Mapping):
+        yield from ((item, (*loc, index)) for index, item in enumerate(value))
+        return
+    for key, item in value.items():
+        if isinstance(key, str) and ("\0" in key or not _is_utf8(key)):
+            what = "a NUL character" if "\0" in key else "text that is not UTF-8"
+            problems.append((loc, f"the key {_show(key)} holds {what}, which MongoDB refuses in keys"))
+            continue
+        yield item, (*loc, key if isinstance(key, str | int) else str(key))
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def name_problems(spec: WorkflowSpec) -> list[str]:
+    """A workflow name with control characters (a newline, NUL, a bidi override) is refused:
+    names are shown in terminals and logs and typed at the command line."""
+    bad = sorted({char for char in spec.name if unicodedata.category(char) in _CONTROL})
+    if not bad:
+        return []
+    codes = ", ".join(f"U+{ord(char):04X}" for char in bad)
+    return [f"field 'name': holds control characters ({codes}); a workflow name must be printable text"]
+
+
+def size_problems(spec: WorkflowSpec, max_variables_bytes: int | None = None) -> list[str]:
+    """Variables that no run could hold (a run's variables take at most half its document, as
+    the launcher checks) and a workflow too large to store."""
+    import bson  # pymongo's; measured as the launcher and the store measure
+
+    problems = []
+    if max_variables_bytes is not None:
+        scheduled = spec.schedule.variables if spec.schedule else {}
+        size = len(bson.encode({"variables": {**spec.variables, **scheduled}}))
+        if size > max_variables_bytes:
+            problems.append(
+                f"field 'variables': the variables take {size / 1024:,.0f} KiB; a run's variables may "
+                f"take {max_variables_bytes / 1024:,.0f} KiB, half its document's limit "
+                "(ORCH_MAX_RUN_DOC_BYTES): pass identifiers (a symbol, a date, a key), not datasets"
+            )
+    size = len(bson.encode(spec.model_dump(mode="json")))
+    if size > MAX_WORKFLOW_BYTES:
+        problems.append(
+            f"the workflow takes {size / 1024:,.0f} KiB; a workflow may take at most "
+            f"{MAX_WORKFLOW_BYTES / 1024:,.0f} KiB: keep data out of it (in variables given to runs)"
+        )
+    return problems
+
+
+DEFAULT_BRANCHES: dict[str, tuple[str, ...]] = {"condition": ("yes", "no")}
+"""The branches of the built-in types that branch, for checks made without a catalog."""
+
+
+@runtime_checkable
+class NodeTypeCatalog(Protocol):
+    """What checking a workflow needs to know of the node types (`Registry` is one)."""
+
+    def names(self) -> list[str]:
+        """Every node type's name."""
+        ...
+
+    def branches(self, type_name: str) -> tuple[str, ...]:
+        """The branches a type offers (empty for types that do not branch)."""
+        ...
+
+
+class ParamsModel(Protocol):
+    """What checking a node's params needs of its type (`NodeType` is one)."""
+
+    @property
+    def params(self) -> type[BaseModel]:
+        """The params model."""
+        ...
+
+    @property
+    def raw_params(self) -> frozenset[str]:
+        """Params passed as written, unrendered: validated as written."""
+        ...
+
+
+@runtime_checkable
+class ParamsCatalog(NodeTypeCatalog, Protocol):
+    """A catalog that also gives each type's params model (`Registry` is one): with it, the
+    literal params of each node are checked against its type's model at registration."""
+
+    def get(self, name: str) -> ParamsModel:
+        """The node type with that name."""
+        ...
+
+
+KnownTypes = NodeTypeCatalog | Iterable[str] | None
+"""The node types a workflow may use: a catalog, their names (branches then as the built-in
+types have them), or None (any type)."""
+
+
+def _type_knowledge(known_types: KnownTypes) -> tuple[set[str] | None, Callable[[str], tuple[str, ...]]]:
+    """The names of the known types (None: any), and what gives a type's branches."""
+    if isinstance(known_types, NodeTypeCatalog):
+        return set(known_types.names()), known_types.branches
+    known = set(known_types) if known_types is not None else None
+    return known, lambda type_name: DEFAULT_BRANCHES.get(type_name, ())
+
+
+def graph_problems(spec: WorkflowSpec, known_types: KnownTypes = None) -> list[str]:
+    """What is wrong with the node graph: ids, dependencies, branches, cycles, node types."""
+    known, branches_of = _type_knowledge(known_types)
     problems: list[str] = []
     seen: set[str] = set()
     for node in spec.nodes:
-        if not NODE_ID.match(node.id):
-            problems.append(f"node '{node.id}': field 'id': must match [a-z][a-z0-9_]*")
+        if not NODE_ID.fullmatch(node.id):
+            problems.append(f"node {_show(node.id)}: field 'id': must match [a-z][a-z0-9_]*")
         if node.id in seen:
-            problems.append(f"node '{node.id}': field 'id': duplicate id; node ids must be unique")
+            problems.append(f"node {_show(node.id)}: field 'id': duplicate id; node ids must be unique")
         seen.add(node.id)
-    known = set(known_types) if known_types is not None else None
     types = {node.id: node.type for node in spec.nodes}
     for node in spec.nodes:
         if known is not None and node.type not in known:
@@ -223,32 +429,87 @@ def graph_problems(spec: WorkflowSpec, known_types: Iterable[str] | None = None)
                 )
     if not problems:
         cycle = find_cycle(spec)
-        if cycle:
+        if len(cycle) > 12:  # a long one: its ends
+            shown = [*cycle[:5], f"… ({len(cycle) - 10} more nodes) …", *cycle[-5:]]
+            problems.append(
+                f"the nodes form a cycle of {len(cycle)} nodes: {' -> '.join([*shown, cycle[0]])}"
+            )
+        elif cycle:
             problems.append(f"the nodes form a cycle: {' -> '.join([*cycle, cycle[0]])}")
     return problems
 
 
 def find_cycle(spec: WorkflowSpec) -> list[str]:
-    """The nodes of one dependency cycle, in order, or [] when the graph is acyclic."""
+    """The nodes of one dependency cycle, in order, or [] when the graph is acyclic.
+
+    A depth-first walk with its own stack, not recursion: a chain of thousands of nodes is
+    checked like any other.
+    """
     deps = {node.id: node.dependency_ids() for node in spec.nodes}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(node_id: str) -> list[str]:
-        state[node_id] = 1
-        path.append(node_id)
-        for dep in deps.get(node_id, []):
-            if state.get(dep) == 1:
+    for root in deps:
+        if root in state:
+            continue
+        state[root] = 1
+        path, pending = [root], [iter(deps[root])]
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:  # every dependency of the node on top is done
+                state[path.pop()] = 2
+                pending.pop()
+            elif state.get(dep) == 1:
                 return list(reversed(path[path.index(dep) :]))
-            if dep not in state and (found := visit(dep)):
-                return found
-        path.pop()
-        state[node_id] = 2
-        return []
+            elif dep not in state:
+                state[dep] = 1
+                path.append(dep)
+                pending.append(iter(deps.get(dep, [])))
+    return []
 
-    for node_id in deps:
-        if node_id not in state and (found := visit(node_id)):
-            return found
+
+def params_problems(spec: WorkflowSpec, known_types: KnownTypes = None) -> list[str]:
+    """Params that do not fit their type's model, when `known_types` gives the models.
+
+    A param whose value holds a template is checked when the node runs, once rendered: here
+    only its name is (an unknown param is refused); every literal value is checked in full.
+    Params the type takes as written (`raw_params`) are checked as written.
+    """
+    if not isinstance(known_types, ParamsCatalog):
+        return []
+    names = set(known_types.names())
+    problems: list[str] = []
+    for node in spec.nodes:
+        if node.type in names:
+            problems += node_params_problems(node, known_types.get(node.type))
+    return problems
+
+
+def _checked_now(loc: tuple[int | str, ...], kind: str, templated: set[str]) -> bool:
+    """Whether a params error is reported at registration: not for a templated param (it is
+    checked once rendered) unless the param is unknown, nor for the params as a whole (a
+    model's own check) when any is templated."""
+    if not loc:
+        return not templated
+    return loc[0] not in templated or kind == "extra_forbidden"
+
+
+def node_params_problems(node: NodeSpec, node_type: ParamsModel) -> list[str]:
+    """What is wrong with one node's literal params, as `node 'x': field 'params.y': …`."""
+    from orchestrator.templating import contains_template
+
+    raw = node_type.raw_params
+    templated = {key for key, value in node.params.items() if key not in raw and contains_template(value)}
+    try:
+        node_type.params.model_validate(node.params)
+    except ValidationError as exc:
+        return [
+            f"node {_show(node.id)}: field '{'.'.join(str(p) for p in ('params', *e['loc']))}': {e['msg']}"
+            for e in exc.errors()
+            if _checked_now(e["loc"], e["type"], templated)
+        ]
+    except Exception as exc:  # a model's own validator that fails on a template it was not meant to see
+        if templated:
+            return []
+        return [f"node {_show(node.id)}: field 'params': {type(exc).__name__}: {exc}"]
     return []
 
 
@@ -261,17 +522,139 @@ def template_problems(spec: WorkflowSpec) -> list[str]:
     return problems
 
 
-def load_workflow_file(path: str | Path, known_types: Iterable[str] | None = None) -> WorkflowSpec:
-    """Read and validate a workflow file (`.yaml`, `.yml` or `.json`)."""
+def load_workflow_file(
+    path: str | Path, known_types: KnownTypes = None, *, max_variables_bytes: int | None = None
+) -> WorkflowSpec:
+    """Read and validate a workflow file (`.json` as JSON, any other as YAML).
+
+    Args:
+        known_types, max_variables_bytes: as for `parse_workflow`.
+    """
     path = Path(path)
+    data = parse_text(read_workflow_text(path), path)
+    return parse_workflow(data, known_types, source=str(path), max_variables_bytes=max_variables_bytes)
+
+
+def read_workflow_text(path: Path) -> str:
+    """The text of a workflow file: a regular file (not a device such as /dev/zero, nor a
+    pipe), at most `MAX_FILE_BYTES`, in UTF-8; else a `WorkflowValidationError` saying so."""
     try:
-        text = path.read_text()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise WorkflowValidationError(
+                f"{path}: not a regular file: a workflow is read from a file, not a directory, device or pipe"
+            )
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)  # a file that grows while read is cut here
     except OSError as exc:
         raise WorkflowValidationError(f"{path}: cannot read the file: {exc.strerror}") from exc
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+    if len(raw) > MAX_FILE_BYTES:
         raise WorkflowValidationError(
-            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
-        ) from exc
-    return parse_workflow(data, known_types, source=str(path))
+            f"{path}: the file is larger than {MAX_FILE_BYTES // 1024} KiB, the most a workflow file "
+            "may be: keep data out of workflows (in variables given to runs, or in files nodes read)"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise WorkflowValidationError(
+            f"{path}: not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} (save the file as UTF-8)"
+        ) from None
+
+
+def parse_text(text: str, path: Path) -> Any:
+    """The document in a workflow file's text: JSON for `.json`, else YAML (safely, bounded)."""
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    try:
+        return load_json(text) if kind == "JSON" else load_yaml(text)
+    except _Refused as exc:
+        raise WorkflowValidationError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise WorkflowValidationError(f"{path}: nested more than {MAX_DEPTH} levels deep") from None
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError, as are numbers
+        message = str(exc).split("; use sys.set_int_max_str_digits()")[0]  # past 4300 digits
+        raise WorkflowValidationError(f"{path}: not valid {kind}: {message}") from exc
+
+
+def load_json(text: str) -> Any:
+    """JSON, refusing duplicate keys and NaN/Infinity (Python's `json` accepts both)."""
+    return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _Refused(f"duplicate key {_show(key)} in an object: keys must be unique")
+        found[key] = value
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not JSON (it has no NaN or Infinity); write a number or null")
+
+
+def load_yaml(text: str) -> Any:
+    """YAML with PyYAML's safe loader, refusing duplicate keys, more than `MAX_YAML_ALIASES`
+    aliases and nesting past `MAX_DEPTH` (see `_BoundedLoader`)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+class _Refused(ValueError):
+    """A workflow file refused while it is parsed; the message says where and why."""
+
+    def __init__(self, message: str, mark: yaml.Mark | None = None) -> None:
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        super().__init__(f"{where}{message}")
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with what a workflow file does not need refused while composing:
+    duplicate keys (PyYAML keeps the last silently), more than `MAX_YAML_ALIASES` aliases
+    (an alias bomb is a few of them), and nesting past `MAX_DEPTH` (the composer recurses)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise _Refused(
+                    f"more than {MAX_YAML_ALIASES} aliases (*name): write the values out",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in first:
+                raise _Refused(
+                    f"duplicate key {_show(key_node.value)} (first on line {first[key]}): "
+                    "the keys of a mapping must be unique",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line + 1
+        return node

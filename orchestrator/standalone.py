@@ -154,7 +154,7 @@ def _register_examples(settings: Settings, err: Console) -> None:
 
     with Orchestrator(settings=settings) as orch:
         registered = orch.store.workflow_names()
-        known = orch.node_type_names()
+        known = orch.node_types()
         added = 0
         for path in example_files():
             spec = load_workflow_file(path, known)

@@ -11,7 +11,8 @@ connects to nothing: Redis and MongoDB are reached only when the app is used.
 
 from __future__ import annotations
 
-from orchestrator.app import OrchestratorApp, create_app
+from orchestrator.app import OrchestratorApp
+from orchestrator.factory import create_app
 
 __all__ = ["app"]
 

@@ -11,7 +11,9 @@ test node types of tests/plugins.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +91,16 @@ def settings(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFac
     )
 
 
+@functools.cache
+def suite_sandbox() -> str:
+    """How the suite's workers contain `python` nodes: `bwrap` where bubblewrap runs (CI
+    installs it), else `none`, so that a machine without it still runs the suite (the sandbox
+    probes of tests/test_python_sandbox.py then skip, saying why)."""
+    from workers.python import bwrap_problem
+
+    return "bwrap" if bwrap_problem(shutil.which("bwrap")) is None else "none"
+
+
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a worker subprocess of the suite runs with."""
     env = dict(os.environ)
@@ -96,6 +108,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         REDIS_URL=settings.redis_url,
         MONGO_URL=settings.mongo_url,
         ORCH_PLUGINS=PLUGINS,
+        ORCH_PYTHON_SANDBOX=suite_sandbox(),
         ORCH_HOME=str(settings.home),
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
     )

@@ -8,8 +8,9 @@ import pytest
 from celery import chord, group
 from celery.canvas import Signature, _chain
 
-from orchestrator.app import OrchestratorApp, create_app
+from orchestrator.app import OrchestratorApp
 from orchestrator.compiler import compile_workflow
+from orchestrator.factory import create_app
 from orchestrator.settings import Settings
 from orchestrator.spec import parse_workflow
 

@@ -8,8 +8,8 @@ import pytest
 from kombu.exceptions import OperationalError
 
 from orchestrator import Orchestrator
-from orchestrator.app import create_app
 from orchestrator.embedded import free_port
+from orchestrator.factory import create_app
 from orchestrator.launcher import launch_run, prepare_run, relaunch_undispatched
 from orchestrator.models import utcnow
 from orchestrator.settings import Settings

@@ -10,7 +10,8 @@ import pytest
 from orchestrator import Orchestrator
 from orchestrator.errors import NodeError, NodeTimeout
 from orchestrator.registry import NodeContext
-from tests.conftest import WorkerProcess, workflow
+from orchestrator.settings import Settings
+from tests.conftest import WorkerProcess, suite_sandbox, workflow
 from workers.python import PythonParams, interpret
 from workers.python import run as run_python
 
@@ -24,7 +25,7 @@ def context(**fields: Any) -> NodeContext:
         "variables": {},
         "outputs": {},
         "store": None,
-        "settings": None,
+        "settings": Settings(ORCH_PYTHON_SANDBOX=suite_sandbox()),
     }
     return NodeContext(**(values | fields))
 

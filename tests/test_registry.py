@@ -26,7 +26,7 @@ from orchestrator.registry import NodeContext, NodeType, Registry, builtin_modul
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("pandas", "numpy", "ta", "telegram", "httpx")
 BUILD_APP = """
-from orchestrator.app import create_app
+from orchestrator.factory import create_app
 from orchestrator.settings import Settings
 
 app = create_app(Settings(REDIS_URL="redis://127.0.0.1:1/0", MONGO_URL="mongodb://127.0.0.1:1/x"))
@@ -127,9 +127,10 @@ assert canvas.tasks[0].kwargs["hand_on"] is True
     assert not modules & set(HEAVY)
 
 
-def test_checking_a_workflow_when_a_node_follows_a_branch_then_only_that_branching_type_is_imported() -> None:
+def test_checking_a_workflow_imports_the_modules_of_its_own_types_only_and_no_heavy_library() -> None:
     modules = imported_by(
         """
+from orchestrator.registry import load_registry
 from orchestrator.spec import parse_workflow
 
 parse_workflow(
@@ -139,12 +140,15 @@ parse_workflow(
             {"id": "check", "type": "condition", "params": {"if": True}},
             {"id": "data", "type": "market_data", "after": ["check.yes"], "params": {"symbol": "X"}},
         ],
-    }
+    },
+    load_registry(),
 )
 """
     )
 
-    assert node_type_modules(modules) == {"workers.condition"}
+    # the branches of `condition`, and each node's params checked against its type's model
+    assert node_type_modules(modules) == {"workers.condition", "workers.market_data"}
+    assert not modules & {"pandas", "numpy", "ta", "telegram", "httpx"}
 
 
 def test_handed_types_when_given_a_workflows_types_then_answers_for_those_known_only() -> None:

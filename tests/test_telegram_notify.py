@@ -19,9 +19,9 @@ from urllib.parse import parse_qsl
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.app import create_app
 from orchestrator.embedded import stop_process
 from orchestrator.errors import NodeError, NodeTimeout
+from orchestrator.factory import create_app
 from orchestrator.registry import NodeContext
 from orchestrator.settings import Settings
 from tests.conftest import ROOT, wait_for, worker_env, workflow

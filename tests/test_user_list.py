@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import Orchestrator
+from orchestrator import Orchestrator, WorkflowValidationError
 from orchestrator.cli import main
 from orchestrator.settings import Settings
 from orchestrator.store import connect
@@ -119,11 +119,15 @@ def test_parallel_append_nodes_then_read(orch: Orchestrator) -> None:
 def test_clear_empties_the_list_and_bad_params_name_the_problem(orch: Orchestrator) -> None:
     name = unique("tmp")
     UserLists(orch.store.db).extend(name, [1, 2, 3])
+    literal = {"id": "oops", "type": "user_list", "params": {"list": name, "action": "append"}}
+    with pytest.raises(WorkflowValidationError, match="action 'append' needs 'item'"):
+        orch.register(workflow("Clear", literal))  # refused at registration: nothing to render
     orch.register(
         workflow(
             "Clear",
             {"id": "wipe", "type": "user_list", "params": {"list": name, "action": "clear"}},
-            {"id": "oops", "type": "user_list", "params": {"list": name, "action": "append"}},
+            # a templated value is checked when the node runs, rendered
+            {"id": "oops", "type": "user_list", "params": {"list": name, "action": "{{ 'append' }}"}},
         )
     )
     run = orch.run("Clear", timeout=30)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from celery import group
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from orchestrator.app import app_of
 from orchestrator.child_runs import child_run_id
 from orchestrator.constants import RUN_OVER
 from orchestrator.errors import ConfigurationError, NodeError, OrchestratorError
@@ -65,10 +66,10 @@ def iteration_specs(params: ParameterLoopParams, context: NodeContext) -> list[W
     Raises:
         NodeError: the body type is unknown, or an iteration's params are invalid.
     """
-    assert context.app is not None
+    app = app_of(context)
     where = f"node '{context.node_id}', parameter 'body'"
     try:
-        body_type = context.app.registry.get(params.body.type)
+        body_type = app.registry.get(params.body.type)
     except ConfigurationError as exc:
         raise NodeError(f"{where}: {exc}") from exc
     scope = build_scope(context.variables, context.outputs, context.run_id, context.workflow)
@@ -95,7 +96,7 @@ def iteration_specs(params: ParameterLoopParams, context: NodeContext) -> list[W
 def _launch(context: NodeContext, specs: list[WorkflowSpec], values: list[Any], indexes: list[int]) -> None:
     """Start the given iterations, together as one Celery group (a second start of an
     iteration is a no-op: the ids are fixed)."""
-    assert context.app is not None
+    app = app_of(context)
     lineage = Lineage(
         parent_run_id=context.run_id,
         parent_node_id=context.node_id,
@@ -113,7 +114,7 @@ def _launch(context: NodeContext, specs: list[WorkflowSpec], values: list[Any], 
         variables = {"loop_value": values[index], "loop_index": index}
         run_id = child_run_id(context.run_id, context.node_id, index)
         try:
-            _, canvas = prepare_run(context.app, specs[index], variables, trigger, run_id, lineage)
+            _, canvas = prepare_run(app, specs[index], variables, trigger, run_id, lineage)
         except OrchestratorError as exc:
             raise NodeError(f"node '{context.node_id}': iteration {index} could not start: {exc}") from exc
         if canvas is not None:

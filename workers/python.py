@@ -1,34 +1,49 @@
-"""`python`: runs a snippet of Python written by the workflow's author, in a separate process.
+"""`python`: runs a snippet of Python written by the workflow's author, in a sandbox.
 
-This is for code the workflow's *author* wrote, not for untrusted code: the process is
-isolated for robustness (a crash, a runaway loop or a memory blow-up fails the node and leaves
-the worker healthy) and for hygiene (it sees none of the worker's environment variables, so
-no secrets), but it runs as the worker's user, with the worker's files and network.
+The code is contained with bubblewrap (`bwrap`, the sandbox Flatpak uses), unless
+`ORCH_PYTHON_SANDBOX=none` says otherwise:
 
-How it runs: `python -I -c RUNNER` (isolated mode: no `PYTHON*` variables, no user site),
-with an empty environment apart from `HOME`/`LANG`, in a fresh temporary directory, in its own
-session (so a timeout kills everything it started), under `RLIMIT_AS` = `memory_mb`, with
-a `SIGALRM` watchdog a little past the timeout in case the worker itself is killed. The
-inputs go in as JSON on stdin: `variables`, `nodes` (`{id: {output: ...}}`, as templates see
-them) and `run` (`{id, workflow}`) become globals of the code. The code sets the global
-`result` (`exit(0)` ends it early); its value, as JSON, is the node's output. The runner
-moves the process's stdout to stderr before the code runs, so `print` (even from C
-extensions) cannot corrupt the reply, which goes back on a duplicate of the original stdout;
-prints end up in the worker log.
+- new PID, mount, IPC, UTS, cgroup and network namespaces: it sees only its own processes
+  (a fresh `/proc`), reaches no network (a loopback of its own), and everything it starts dies
+  with it, `setsid()` or not, when the node ends or is stopped (its PID namespace's init goes);
+- a root file system of its own: read-only `/usr` (and `/lib*`, `/etc/ld.so.cache`,
+  `/etc/localtime`), the interpreter's prefix and virtualenv read-only, a minimal `/dev`, and
+  a private working directory (`/sandbox`, also `HOME`) of `WORKDIR_BYTES` in memory; nothing
+  else of the worker's files, and an environment of `HOME` and `LANG` alone;
+- as an unprivileged user: the worker's own user in a user namespace, or `nobody` when the
+  worker runs as root (which the kernel exempts from the process limit);
+- limits: `RLIMIT_AS` = `memory_mb`, `RLIMIT_NPROC` = `MAX_TASKS` (processes and threads),
+  `RLIMIT_CPU` = the timeout on every CPU, the wall-clock `timeout_s`.
+
+Without bwrap (`none`), it runs as `python -I` with the worker's user, files and network, in
+a temporary directory, under `RLIMIT_AS` and `RLIMIT_CPU`. In both modes, the reply and what
+the code prints are each read up to `MAX_OUTPUT_BYTES` (more stops the code and fails the
+node), and the printed tail reaches the worker log with every line prefixed by `LOG_PREFIX`.
+
+Protocol: the inputs go in as JSON on stdin: `variables`, `nodes` (`{id: {output: ...}}`, as
+templates see them) and `run` (`{id, workflow}`) become globals of the code. The code sets the
+global `result` (`exit(0)` ends it early); its value, as JSON, is the node's output. The
+runner moves the process's stdout to stderr before the code runs, so `print` (even from C
+extensions) cannot corrupt the reply, which goes back on a duplicate of the original stdout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
+import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Any
 
@@ -38,16 +53,37 @@ from orchestrator.errors import NodeError, NodeTimeout
 from orchestrator.processes import die_with_parent
 from orchestrator.registry import NodeContext, NodeType
 
-STDERR_TAIL_CHARS = 2000
+STDERR_TAIL_BYTES = 2000
+MAX_OUTPUT_BYTES = 8 * 1024 * 1024  # the reply, and what the code prints: each
+MAX_TASKS = 128  # processes and threads (numpy's OpenBLAS starts up to 64 threads)
+WORKDIR_BYTES = 256 * 1024 * 1024
+SANDBOX_DIR = "/sandbox"
+NOBODY = 65534
+LOG_PREFIX = "  | "
+BWRAP_NEEDED = (
+    "the python node needs bubblewrap (`apt-get install bubblewrap`) to contain its code; "
+    "set ORCH_PYTHON_SANDBOX=none to run it uncontained (it then runs as the worker's user, "
+    "with its files and network)"
+)
+_POLL_S = 0.2
+_CHUNK = 64 * 1024
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(32), 127] if code != ord("\t")}
 
-# Runs in the child. Kept dependency-free and small: it sets the memory limit, protects the
-# reply channel from prints, runs the code and reports one JSON document.
+# Runs in the child. Kept dependency-free and small: it sets the limits (and, started as root
+# in the sandbox, becomes `nobody`), protects the reply channel from prints, runs the code and
+# reports one JSON document.
 RUNNER = r"""
-import json, linecache, os, resource, signal, sys, traceback
+import ctypes, json, linecache, os, resource, signal, sys, traceback
 
 def report(out, data):
     out.write(json.dumps(data))
     out.flush()
+
+def cap(kind, soft, hard):
+    ceiling = resource.getrlimit(kind)[1]
+    if ceiling != resource.RLIM_INFINITY:
+        soft, hard = min(soft, ceiling), min(hard, ceiling)
+    resource.setrlimit(kind, (soft, hard))
 
 def user_traceback(exc):
     tb = exc.__traceback__
@@ -57,8 +93,17 @@ def user_traceback(exc):
     return "".join(lines[-12:])
 
 def main():
-    limit, watchdog = int(sys.argv[1]), int(sys.argv[2])
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    memory, watchdog, cpu, tasks, uid = (int(arg) for arg in sys.argv[1:6])
+    cap(resource.RLIMIT_AS, memory, memory)
+    cap(resource.RLIMIT_CPU, cpu, cpu + 5)  # SIGXCPU, then SIGKILL
+    if tasks:
+        cap(resource.RLIMIT_NPROC, tasks, tasks)
+    if uid >= 0 and os.getuid() == 0:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        ctypes.CDLL(None).prctl(4, 1)  # PR_SET_DUMPABLE, unset by setuid: its /proc/self is its own
+    os.environ.pop("PWD", None)  # bwrap sets it; the code gets HOME and LANG alone, sandbox or not
     signal.alarm(watchdog)  # dies by itself should the worker that waits for it be killed
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
@@ -104,11 +149,27 @@ class PythonParams(BaseModel):
 
     code: str = Field(min_length=1)
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
-    memory_mb: int = Field(default=512, ge=32, le=1024 * 1024)
+    memory_mb: int = Field(default=512, ge=32, le=4096)
+
+
+class OutputTooLarge(Exception):
+    """The code wrote more than `MAX_OUTPUT_BYTES` to its reply or its prints."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the runner left: its reply, the tail of its prints (raw) and its exit code."""
+
+    reply: bytes
+    printed: str
+    returncode: int
 
 
 def run(params: PythonParams, context: NodeContext) -> Any:
-    """Run the code in a subprocess and return its `result`; fail the node on any trouble."""
+    """Run the code in the sandbox and return its `result`; fail the node on any trouble."""
+    where = f"node '{context.node_id}' (python)"
+    sandboxed = context.settings.python_sandbox == "bwrap"
+    bwrap = _usable_bwrap(where) if sandboxed else None
     payload = {
         "code": params.code,
         "variables": dict(context.variables),
@@ -119,44 +180,121 @@ def run(params: PythonParams, context: NodeContext) -> Any:
     left = context.seconds_left()
     if left is not None and left < timeout:
         timeout, by_node = max(left, 0.01), True
-    where = f"node '{context.node_id}' (python)"
-    with tempfile.TemporaryDirectory(prefix="orch-python-") as workdir, tempfile.TemporaryFile() as errors:
-        try:
-            reply, returncode = execute(payload, params.memory_mb, timeout, workdir, errors)
-        except subprocess.TimeoutExpired as exc:
-            what = "its node's timeout_s" if by_node else "parameter 'timeout_s'"
-            raise NodeTimeout(f"{where}: the code ran past {timeout:g} s ({what}) and was stopped") from exc
-        printed = _tail(errors)
+    try:
+        outcome = execute(payload, params.memory_mb, timeout, bwrap)
+    except subprocess.TimeoutExpired as exc:
+        what = "its node's timeout_s" if by_node else "parameter 'timeout_s'"
+        raise NodeTimeout(f"{where}: the code ran past {timeout:g} s ({what}) and was stopped") from exc
+    except OutputTooLarge as exc:
+        raise NodeError(f"{where}: {exc}") from exc
+    printed = quoted(outcome.printed)
     if printed:
         context.logger.info("%s printed:\n%s", where, printed)
-    return interpret(reply, returncode, printed, params.memory_mb, where)
+    return interpret(outcome.reply, outcome.returncode, printed, params.memory_mb, where)
 
 
-def execute(
-    payload: dict[str, Any], memory_mb: int, timeout: float, workdir: str, errors: IO[bytes]
-) -> tuple[bytes, int]:
-    """Run the runner with the payload on stdin; its stdout and exit code.
+def quoted(text: str) -> str:
+    """`text` with each line behind `LOG_PREFIX` and control characters escaped, so that no
+    line the code printed can pass for a line of the worker log."""
+    return "\n".join(LOG_PREFIX + line.translate(_CONTROLS) for line in text.splitlines())
+
+
+# -- running it ---------------------------------------------------------------------------
+
+
+def execute(payload: dict[str, Any], memory_mb: int, timeout: float, bwrap: str | None) -> Outcome:
+    """Run the runner with the payload on stdin, in the sandbox of `bwrap` (none when None).
 
     Raises:
-        subprocess.TimeoutExpired: after killing the process group, when `timeout` passed.
+        subprocess.TimeoutExpired: after killing the code, when `timeout` passed.
+        OutputTooLarge: after killing the code, when its reply or its prints passed the limit.
     """
-    process = subprocess.Popen(
-        [sys.executable, "-I", "-c", RUNNER, str(memory_mb * 1024 * 1024), str(math.ceil(timeout) + 2)],
-        stdin=subprocess.PIPE,
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limits = [memory_mb * 1024 * 1024, math.ceil(timeout) + 2, math.ceil(timeout * cpus) + 2]
+    limits += [MAX_TASKS, NOBODY] if bwrap else [0, -1]
+    runner = [sys.executable, "-I", "-c", RUNNER, *map(str, limits)]
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryFile() as stdin, contextlib.ExitStack() as stack:
+        stdin.write(json.dumps(payload, default=str).encode())
+        stdin.seek(0)
+        if bwrap:
+            command, cwd, env = [bwrap, *sandbox_options(), *runner], "/", {}
+        else:
+            cwd = stack.enter_context(tempfile.TemporaryDirectory(prefix="orch-python-"))
+            command, env = runner, {"HOME": cwd, "LANG": "C.UTF-8"}
+        with _started(command, cwd, env, stdin) as process:
+            try:
+                with _group_killed_on_sigterm(process):  # a cancel terminates the pool process
+                    reply, printed = _collect(process, deadline, timeout)
+                    process.wait(max(deadline - time.monotonic(), 0.01))
+            finally:  # a timeout, too much output, or the worker's own time limit striking
+                if process.poll() is None:
+                    _kill_group(process)
+    returncode = process.returncode
+    if bwrap and 128 < returncode <= 128 + 64:  # bwrap exits 128+N when the code died of signal N
+        returncode = 128 - returncode
+    return Outcome(reply, printed, returncode)
+
+
+def _started(command: list[str], cwd: str, env: dict[str, str], stdin: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command,
+        stdin=stdin,
         stdout=subprocess.PIPE,
-        stderr=errors,
-        cwd=workdir,
-        env={"HOME": workdir, "LANG": "C.UTF-8"},
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=env,
         start_new_session=True,
         preexec_fn=die_with_parent(signal.SIGKILL),  # the pool process killed: the code too
     )
-    try:
-        with _group_killed_on_sigterm(process):  # a cancel terminates the pool process
-            reply, _ = process.communicate(json.dumps(payload, default=str).encode(), timeout=timeout)
-    finally:  # a timeout, or the worker's own time limit striking while we wait
-        if process.poll() is None:
-            _kill_group(process)
-    return reply, process.returncode
+
+
+class _Capped:
+    """One output stream of the code, read up to `MAX_OUTPUT_BYTES`; all kept, or a tail."""
+
+    def __init__(self, too_much: str, keep: int | None = None) -> None:
+        self.too_much, self.keep, self.size, self.data = too_much, keep, 0, bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > MAX_OUTPUT_BYTES:
+            raise OutputTooLarge(self.too_much)
+        self.data += chunk
+        if self.keep is not None:
+            del self.data[: -self.keep]
+
+
+def _collect(process: subprocess.Popen[bytes], deadline: float, timeout: float) -> tuple[bytes, str]:
+    """The reply (stdout) and the tail of the prints (stderr), read as they come.
+
+    Raises:
+        subprocess.TimeoutExpired: past `deadline`.
+        OutputTooLarge: when either stream passes `MAX_OUTPUT_BYTES`.
+    """
+    assert process.stdout is not None and process.stderr is not None
+    limit = f"{MAX_OUTPUT_BYTES // (1024 * 1024)} MiB"
+    reply = _Capped(f"the code's reply (`result` as JSON) is over {limit}, the most a python node may "
+                    "return; it was stopped")  # fmt: skip
+    printed = _Capped(f"the code printed over {limit}, the most a python node may print; it was stopped",
+                      keep=STDERR_TAIL_BYTES)  # fmt: skip
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ, reply)
+        selector.register(process.stderr, selectors.EVENT_READ, printed)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(process.args, timeout)
+            events = selector.select(min(left, _POLL_S))
+            if not events and process.poll() is not None:
+                break  # it ended, and a process it started holds the pipes (no sandbox)
+            for key, _ in events:
+                chunk = os.read(key.fd, _CHUNK)
+                if chunk:
+                    key.data.add(chunk)
+                else:
+                    selector.unregister(key.fileobj)
+    text = printed.data.decode("utf-8", errors="replace").strip()
+    return bytes(reply.data), ("…" + text if printed.size > len(printed.data) else text)
 
 
 @contextlib.contextmanager
@@ -179,17 +317,103 @@ def _group_killed_on_sigterm(process: subprocess.Popen[bytes]) -> Iterator[None]
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the code's process group: without a sandbox, the code and what it started in its
+    session; with one, bwrap, whose init inside then dies with it, and the whole PID namespace."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
 
-def _tail(stream: IO[bytes]) -> str:
-    stream.seek(0, os.SEEK_END)
-    size = stream.tell()
-    stream.seek(max(size - STDERR_TAIL_CHARS, 0))
-    text = stream.read().decode("utf-8", errors="replace").strip()
-    return ("…" + text) if size > STDERR_TAIL_CHARS else text
+# -- the sandbox --------------------------------------------------------------------------
+
+
+def _usable_bwrap(where: str) -> str:
+    """The path of a bwrap that can run the sandbox; a NodeError saying what to do if none."""
+    bwrap = shutil.which("bwrap")
+    problem = bwrap_problem(bwrap)
+    if bwrap is None or problem:
+        raise NodeError(f"{where}: {BWRAP_NEEDED} ({problem})")
+    return bwrap
+
+
+@functools.cache
+def bwrap_problem(bwrap: str | None) -> str:
+    """Why `bwrap` cannot run the sandbox ("" when it can): it starts the interpreter in the
+    sandbox once. Cached per process and path."""
+    if bwrap is None:
+        return "no `bwrap` on PATH"
+    try:
+        probe = subprocess.run(
+            [bwrap, *sandbox_options(), sys.executable, "-I", "-c", "pass"],
+            capture_output=True, cwd="/", env={}, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{bwrap}: {exc}"
+    if probe.returncode == 0:
+        return ""
+    said = probe.stderr.decode(errors="replace").strip().splitlines()
+    return f"{bwrap} failed: {said[-1] if said else f'exit code {probe.returncode}'}"
+
+
+def sandbox_options() -> list[str]:
+    """bwrap's options, up to the command: namespaces, the file system, the environment.
+
+    A worker running as root gets no user namespace (it would map root to root, whom the
+    kernel exempts from RLIMIT_NPROC): the runner starts as root in the new namespaces and
+    becomes `nobody` before the code runs."""
+    if os.geteuid() == 0:
+        unshare = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    else:
+        unshare = ["--unshare-all"]  # the user namespace with the others
+    environment = ["--clearenv", "--setenv", "HOME", SANDBOX_DIR, "--setenv", "LANG", "C.UTF-8"]
+    workdir = ["--perms", "1777", "--size", str(WORKDIR_BYTES), "--tmpfs", SANDBOX_DIR]
+    return [
+        *unshare, "--die-with-parent", "--new-session", *environment,
+        "--proc", "/proc", "--dev", "/dev", *_read_only_mounts(), *workdir,
+        "--remount-ro", "/", "--chdir", SANDBOX_DIR,
+    ]  # fmt: skip
+
+
+def _read_only_mounts() -> list[str]:
+    """What Python needs, read-only: /usr, /lib*, the loader's cache, the time zone, the
+    interpreter's prefix and its virtualenv. Parent directories are made world-readable
+    (bwrap makes them 0700, which `nobody` could not cross)."""
+    options, made = ["--ro-bind", "/usr", "/usr"], {"/"}
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            options += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            options += ["--ro-bind", top, top]
+    bound = ["/usr"]
+    wanted = [
+        "/etc/ld.so.cache",
+        "/etc/localtime",
+        sys.base_prefix,
+        sys.prefix,
+        sys.base_exec_prefix,
+        sys.exec_prefix,
+    ]
+    for path in wanted:
+        if not os.path.exists(path) or any(os.path.commonpath([path, done]) == done for done in bound):
+            continue
+        for parent in _parents(path):
+            if parent not in made:
+                options += ["--perms", "0755", "--dir", parent]
+                made.add(parent)
+        options += ["--ro-bind", path, path]
+        bound.append(path)
+    return options
+
+
+def _parents(path: str) -> list[str]:
+    parents, parent = [], os.path.dirname(path)
+    while parent not in ("/", ""):
+        parents.append(parent)
+        parent = os.path.dirname(parent)
+    return parents[::-1]
+
+
+# -- the outcome --------------------------------------------------------------------------
 
 
 def interpret(reply: bytes, returncode: int, printed: str, memory_mb: int, where: str) -> Any:
@@ -215,13 +439,23 @@ def interpret(reply: bytes, returncode: int, printed: str, memory_mb: int, where
         raise NodeError(f"{where}: the code raised {message}" + (f"\n{trace}" if trace else ""))
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else -returncode
-        hint = f" (out of memory? memory_mb={memory_mb})" if name in ("SIGKILL", "SIGSEGV", "SIGABRT") else ""
-        hint = " (its timeout watchdog)" if name == "SIGALRM" else hint
-        raise NodeError(f"{where}: the code's process was killed by {name}{hint}" + _printed(printed))
+        raise NodeError(
+            f"{where}: the code's process was killed by {name}{_hint(name, memory_mb)}" + _printed(printed)
+        )
     raise NodeError(
         f"{where}: the code's process exited with code {returncode} before reporting a result"
         + _printed(printed)
     )
+
+
+def _hint(signal_name: str | int, memory_mb: int) -> str:
+    if signal_name in ("SIGKILL", "SIGSEGV", "SIGABRT"):
+        return f" (out of memory? memory_mb={memory_mb})"
+    if signal_name == "SIGALRM":
+        return " (its timeout watchdog)"
+    if signal_name == "SIGXCPU":
+        return " (its CPU-time limit: timeout_s on every CPU)"
+    return ""
 
 
 def _printed(printed: str) -> str:
@@ -232,5 +466,5 @@ node_type = NodeType(
     name="python",
     params=PythonParams,
     run=run,
-    description="runs Python code of the workflow's author in a subprocess with a timeout and memory cap",
+    description="runs Python code of the workflow's author in a bubblewrap sandbox with a timeout and limits",
 )

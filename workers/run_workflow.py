@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from orchestrator.app import app_of
 from orchestrator.child_runs import (
     check_child_variables,
     child_run_id,
@@ -39,7 +40,7 @@ class RunWorkflowParams(BaseModel):
 
 def run(params: RunWorkflowParams, context: NodeContext) -> dict[str, Any] | Wait:
     """Start the child run (once, whatever the deliveries), then return or wait."""
-    assert context.app is not None
+    app = app_of(context)
     depth = int(context.run.get("depth", 0)) + 1
     limit = context.settings.max_depth
     if depth > limit:
@@ -71,7 +72,7 @@ def run(params: RunWorkflowParams, context: NodeContext) -> dict[str, Any] | Wai
         "mode": params.mode,
     }
     run_id, _ = launch_run(
-        context.app,
+        app,
         spec,
         params.variables,
         trigger,
