@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
-from orchestrator.errors import WorkflowValidationError
+from orchestrator.errors import ConfigurationError, WorkflowValidationError
 
 NODE_ID = re.compile(r"[a-z][a-z0-9_]*")
 """What a node id must be, whole: use `fullmatch` (`$` would let a trailing newline through)."""
@@ -478,8 +478,14 @@ def params_problems(spec: WorkflowSpec, known_types: KnownTypes = None) -> list[
     names = set(known_types.names())
     problems: list[str] = []
     for node in spec.nodes:
-        if node.type in names:
-            problems += node_params_problems(node, known_types.get(node.type))
+        if node.type not in names:
+            continue  # graph_problems names it
+        try:
+            node_type = known_types.get(node.type)
+        except ConfigurationError as exc:  # its module does not import: it could not run either
+            problems.append(f"node {_show(node.id)}: field 'type': {exc}")
+            continue
+        problems += node_params_problems(node, node_type)
     return problems
 
 

@@ -17,8 +17,10 @@ Templates come from workflow files, so they are bounded where Jinja2's sandbox i
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
+import math
 import os
 import re
 import string
@@ -307,52 +309,72 @@ class _Watchdog:
     """One daemon thread per process that raises `_RenderTimeout` in threads still rendering
     at their deadline. Works on any thread (Celery's prefork, threads and solo pools), where
     `SIGALRM` works only on the main thread; a template's own loops stop at the deadline
-    (one C call, such as a huge multiplication, is refused before it starts instead)."""
+    (one C call, such as a huge multiplication, is refused before it starts instead).
+
+    An exception raised from outside can strike between any two bytecodes of the rendering
+    thread, so what that thread runs while the clock may strike holds no lock written in
+    Python (a `threading.Condition` would stay locked if it struck inside its `__enter__`):
+    only C locks, whose `with` cannot be split, and a C lock as the watcher's alarm clock.
+    """
 
     def __init__(self) -> None:
         self._forget()
         self._hooked = False
 
     def _forget(self) -> None:
-        """Start afresh: in a forked child, the parent's thread is gone and its lock unknown."""
-        self._cond = threading.Condition()
+        """Start afresh: in a forked child, the parent's thread is gone and its locks unknown."""
+        self._lock = threading.Lock()  # guards `_armed` and `_next_wake`; a striking is done under it
+        self._wake = threading.Lock()  # held while the watcher sleeps; released to wake it early
+        self._wake.acquire()
         self._armed: dict[int, tuple[float, int]] = {}  # token -> (deadline, thread id)
+        self._next_wake = math.inf
         self._tokens = itertools.count()
         self._pid = 0
 
     def arm(self, seconds: float) -> int:
         """Start the clock for the calling thread; the token to give `disarm`."""
-        with self._cond:
-            if self._pid != os.getpid():
-                if not self._hooked:
-                    os.register_at_fork(after_in_child=self._forget)
-                    self._hooked = True
-                self._pid = os.getpid()
-                threading.Thread(target=self._watch, name="template-deadline", daemon=True).start()
+        if self._pid != os.getpid():
+            self._start()
+        deadline = time.monotonic() + seconds
+        with self._lock:
             token = next(self._tokens)
-            self._armed[token] = (time.monotonic() + seconds, threading.get_ident())
-            self._cond.notify()
+            self._armed[token] = (deadline, threading.get_ident())
+            sooner = deadline < self._next_wake
+        if sooner:
+            with contextlib.suppress(RuntimeError):  # already awake
+                self._wake.release()
         return token
 
     def disarm(self, token: int) -> None:
         """Stop the clock; if it struck and its exception is not raised yet, cancel it."""
-        with self._cond:
+        with self._lock:
             if self._armed.pop(token, None) is None:
                 _raise_in(threading.get_ident(), None)
 
+    def _start(self) -> None:
+        with _START_LOCK:
+            if self._pid == os.getpid():
+                return
+            if not self._hooked:
+                os.register_at_fork(after_in_child=self._forget)
+                self._hooked = True
+            self._pid = os.getpid()
+            threading.Thread(target=self._watch, name="template-deadline", daemon=True).start()
+
     def _watch(self) -> None:
-        cond = self._cond
-        with cond:
-            while True:
-                now = time.monotonic()
+        while True:
+            now = time.monotonic()
+            with self._lock:
                 for token, (deadline, thread_id) in list(self._armed.items()):
                     if deadline <= now:
                         del self._armed[token]
                         _raise_in(thread_id, _RenderTimeout)
-                soonest = min((deadline for deadline, _ in self._armed.values()), default=None)
-                cond.wait(None if soonest is None else soonest - now)
+                self._next_wake = min((deadline for deadline, _ in self._armed.values()), default=math.inf)
+                pause = self._next_wake - now
+            self._wake.acquire(timeout=pause if pause < math.inf else -1)
 
 
+_START_LOCK = threading.Lock()
 _WATCHDOG = _Watchdog()
 
 

@@ -5,6 +5,7 @@ field; nothing is evaluated at registration, nothing hangs, and nothing is regis
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,33 @@ def test_render_past_its_deadline_is_a_template_error_naming_node_and_parameter(
     assert str(info.value).startswith("node 'spin', parameter 'p'.p: template")
     assert "took longer than 0.5 s to render" in str(info.value)
     assert render("{{ 1 + 1 }}", {}, "here") == 2  # the next render is not hit by the old deadline
+
+
+def test_renders_in_several_threads_with_short_deadlines_neither_hang_nor_leak() -> None:
+    """The deadline strikes from another thread: it must stop only the render it is for, and
+    never leave a lock held (a hang) nor an exception to strike later (a leak)."""
+    outcomes: list[str] = []
+
+    def renders() -> None:
+        for index in range(100):
+            try:
+                render(
+                    {"a": "{% for i in range(20000) %}{% endfor %}x"}, {}, "here", 0.002 + index % 4 * 0.002
+                )
+                outcomes.append("rendered")
+            except TemplateError:
+                outcomes.append("timed out")
+            except BaseException as exc:  # a stray `_RenderTimeout`
+                outcomes.append(type(exc).__name__)
+        sum(range(100_000))  # time for a stray exception to strike
+
+    threads = [threading.Thread(target=renders) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=15)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(outcomes) == 400 and set(outcomes) <= {"rendered", "timed out"}
 
 
 def test_render_of_text_past_the_output_limit_is_refused() -> None:
