@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from click.testing import CliRunner
 
 from orchestrator import Orchestrator
 from orchestrator.embedded import (
@@ -183,6 +184,15 @@ def worker(settings: Settings, orch: Orchestrator) -> Iterator[WorkerProcess]:
     process = WorkerProcess(settings, orch, "--pool=prefork", "--concurrency=2", name="shared").wait_ready()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch, orch: Orchestrator) -> CliRunner:
+    """A runner of the `orchestrator` command on the suite's servers (and its test node types)."""
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("MONGO_URL", settings.mongo_url)
+    monkeypatch.setenv("ORCH_PLUGINS", PLUGINS)
+    return CliRunner()
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ from click.testing import CliRunner, Result
 
 from orchestrator import Orchestrator
 from orchestrator.cli import main, parse_vars
-from orchestrator.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -33,14 +32,6 @@ name: Slow Greet
 nodes:
   - {id: nap, type: sleep, params: {seconds: 3}}
 """
-
-
-@pytest.fixture
-def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch, orch: Orchestrator) -> CliRunner:
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    monkeypatch.setenv("MONGO_URL", settings.mongo_url)
-    monkeypatch.setenv("ORCH_PLUGINS", "tests.plugins")
-    return CliRunner()
 
 
 def invoke(cli: CliRunner, *args: str) -> Result:

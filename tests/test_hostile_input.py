@@ -16,7 +16,6 @@ from click.testing import CliRunner, Result
 from orchestrator import Orchestrator
 from orchestrator.cli import main
 from orchestrator.errors import TemplateError, WorkflowValidationError
-from orchestrator.settings import Settings
 from orchestrator.templating import CACHE_SIZE, render
 
 pytestmark = pytest.mark.timeout(20)
@@ -35,14 +34,6 @@ variables:
 nodes: [{id: a, type: set}]
 """
 VALID = "name: Fine\nnodes: [{id: a, type: set, params: {x: 1}}]\n"
-
-
-@pytest.fixture
-def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch, orch: Orchestrator) -> CliRunner:
-    monkeypatch.setenv("REDIS_URL", settings.redis_url)
-    monkeypatch.setenv("MONGO_URL", settings.mongo_url)
-    monkeypatch.setenv("ORCH_PLUGINS", "tests.plugins")
-    return CliRunner()
 
 
 def apply(cli: CliRunner, *paths: Path | str) -> Result:
