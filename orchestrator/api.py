@@ -13,8 +13,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.constants import NODE_LOGS
 from orchestrator.errors import OrchestratorError, RunNotSent, ServiceUnavailable, WaitTimeout
+from orchestrator.history import RunFilter, RunPage
 from orchestrator.models import Run, new_run_id
+from orchestrator.node_logs import NodeLog, read_logs
 from orchestrator.outages import service_error
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec, load_workflow_file, parse_workflow
@@ -229,6 +232,39 @@ class Orchestrator:
 
         _ids(run_id=run_id)
         return cancel_run(self.app, run_id, cascade=cascade)
+
+    def page_runs(
+        self, where: RunFilter | None = None, limit: int = 50, cursor: str | None = None
+    ) -> RunPage:
+        """A page of runs matching `where`, newest first, after `cursor` (the `next_cursor` of
+        the page before); served by an index whatever the filters."""
+        return self.store.page_runs(where or RunFilter(), limit, cursor)
+
+    def logs(self, run_id: str, node_id: str | None = None) -> list[NodeLog]:
+        """What the run's nodes (or one node) logged, by node and attempt: the last 64 KiB of
+        each attempt, with the count of lines cut before them."""
+        _ids(run_id=run_id, node_id=node_id)
+        return read_logs(self.store.db[NODE_LOGS], run_id, node_id)
+
+    def rerun(self, run_id: str, from_failed: bool = False, from_node: str | None = None) -> str:
+        """Run a run's workflow again with its variables; the new run's id.
+
+        The new run is linked to the old one (`rerun_of`). With `from_failed`, it keeps the
+        outputs of the nodes that finished and runs only the others (the failed ones and
+        those after them); with `from_node`, it runs that node and every node after it.
+        """
+        from orchestrator.reruns import rerun
+
+        _ids(run_id=run_id, node_id=from_node)
+        return rerun(self.app, run_id, from_failed=from_failed, from_node=from_node)
+
+    def delete_workflow(self, name: str, force: bool = False) -> None:
+        """Remove a registered workflow (its runs stay). Refused (`OrchestratorError`) while it
+        has active runs, unless `force`: those runs then cannot be resumed after a crash."""
+        from orchestrator.reruns import delete_workflow
+
+        _ids(workflow_name=name)
+        delete_workflow(self.store, name, force=force)
 
     def close(self) -> None:
         """Release connections to MongoDB and Redis."""

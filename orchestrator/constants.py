@@ -6,10 +6,19 @@ from typing import Final, Literal
 
 RUNS: Final = "runs"
 WORKFLOWS: Final = "workflows"
+NODE_LOGS: Final = "node_logs"
 
 RunStatus = Literal["pending", "running", "finished", "failed", "error", "cancelled"]
 NodeStatus = Literal["pending", "running", "waiting", "finished", "failed", "skipped", "cancelled"]
-TriggerType = Literal["api", "cli", "schedule", "run_workflow"]
+TriggerType = Literal["api", "cli", "schedule", "run_workflow", "rerun"]
+RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
+    "pending",
+    "running",
+    "finished",
+    "failed",
+    "error",
+    "cancelled",
+)
 
 RUN_ACTIVE: Final[tuple[RunStatus, ...]] = ("pending", "running")
 RUN_OVER: Final[tuple[RunStatus, ...]] = ("finished", "failed", "error", "cancelled")

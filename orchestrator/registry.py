@@ -116,6 +116,9 @@ class NodeType(Generic[P]):
     resume: Resume | None = None
     raw_params: frozenset[str] = frozenset()
     """Params the engine passes as written, unrendered (the type renders them itself)."""
+    node_params: frozenset[str] = frozenset()
+    """Params that hold a node the type runs (`{type, params}`, as `parameter_loop`'s `body`):
+    at registration their type must exist and their literal params fit it."""
     pure: bool = False
     """The function only computes its output from its params and context, quickly, with no
     effect outside (no messages sent, no data kept). The engine then skips marking the node

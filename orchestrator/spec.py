@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
 from orchestrator.errors import ConfigurationError, WorkflowValidationError
+from orchestrator.secrets import secret_names
 
 NODE_ID = re.compile(r"[a-z][a-z0-9_]*")
 """What a node id must be, whole: use `fullmatch` (`$` would let a trailing newline through)."""
@@ -235,6 +236,7 @@ def parse_workflow(
         *params_problems(spec, known_types),
         *template_problems(spec),
         *size_problems(spec, max_variables_bytes),
+        *secret_problems(spec),
     ]
     if found:
         problems = [f"{label}: {p}" for p in found]
@@ -319,6 +321,23 @@ def name_problems(spec: WorkflowSpec) -> list[str]:
     return [f"field 'name': holds control characters ({codes}); a workflow name must be printable text"]
 
 
+def secret_problems(spec: WorkflowSpec) -> list[str]:
+    """Default or scheduled variables named like secrets, unless the workflow allows them:
+    a secret written in a workflow file would be copied into every run's document."""
+    if spec.allow_secret_variables:
+        return []
+    places = [("variables", spec.variables)]
+    if spec.schedule is not None:
+        places.append(("schedule.variables", spec.schedule.variables))
+    return [
+        f"field '{field}.{name}': looks like a secret; secrets belong in the environment of the "
+        "workers (or a settings file), not in workflow files. Set `allow_secret_variables: true` "
+        "to keep it anyway"
+        for field, values in places
+        for name in secret_names(values)
+    ]
+
+
 def size_problems(spec: WorkflowSpec, max_variables_bytes: int | None = None) -> list[str]:
     """Variables that no run could hold (a run's variables take at most half its document, as
     the launcher checks) and a workflow too large to store."""
@@ -371,6 +390,11 @@ class ParamsModel(Protocol):
     @property
     def raw_params(self) -> frozenset[str]:
         """Params passed as written, unrendered: validated as written."""
+        ...
+
+    @property
+    def node_params(self) -> frozenset[str]:
+        """Params that hold a node (`{type, params}`) the type runs: checked like a node."""
         ...
 
 
@@ -486,7 +510,39 @@ def params_problems(spec: WorkflowSpec, known_types: KnownTypes = None) -> list[
             problems.append(f"node {_show(node.id)}: field 'type': {exc}")
             continue
         problems += node_params_problems(node, node_type)
+        for key in sorted(node_type.node_params & node.params.keys()):
+            problems += _inner_node_problems(node, key, known_types, names)
     return problems
+
+
+def _inner_node_problems(node: NodeSpec, key: str, known_types: ParamsCatalog, names: set[str]) -> list[str]:
+    """A node held in a param (`parameter_loop`'s `body`): its type known, its literal params fit.
+
+    Its templated params are checked once rendered, as a node's are; a type given by a
+    template is checked when the node runs."""
+    from orchestrator.templating import contains_template
+
+    inner = node.params[key]
+    if not isinstance(inner, Mapping) or not isinstance(inner.get("type"), str):
+        return []  # the outer type's model says what is wrong with it
+    type_name = inner["type"]
+    if contains_template(type_name):
+        return []
+    where = f"node {_show(node.id)}: field 'params.{key}"
+    if type_name not in names:
+        return [f"{where}.type': unknown node type {_show(type_name)} (known: {', '.join(sorted(names))})"]
+    params = inner.get("params", {})
+    if not isinstance(params, Mapping):
+        return []
+    try:
+        inner_type = known_types.get(type_name)
+    except ConfigurationError as exc:
+        return [f"{where}.type': {exc}"]
+    as_node = NodeSpec(id=node.id, type=type_name, params=dict(params))
+    return [
+        problem.replace("field 'params.", f"field 'params.{key}.params.", 1)
+        for problem in node_params_problems(as_node, inner_type)
+    ]
 
 
 def _checked_now(loc: tuple[int | str, ...], kind: str, templated: set[str]) -> bool:

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import bson
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
+from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from orchestrator.constants import (
     NODE_ENDABLE,
+    NODE_LOGS,
     NODE_STARTABLE,
     RUN_ACTIVE,
     RUN_OVER,
@@ -30,7 +31,9 @@ from orchestrator.constants import (
     RunStatus,
 )
 from orchestrator.errors import DocumentTooLarge, RunNotFound, StoreError, WorkflowNotFound
+from orchestrator.history import RunFilter, RunPage, count_by_status, ensure_history_indexes, page_runs
 from orchestrator.models import Run, utcnow
+from orchestrator.node_logs import ensure_log_indexes
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
 
@@ -90,12 +93,11 @@ class RunStore:
     # -- set-up ---------------------------------------------------------------------------
 
     def ensure_indexes(self) -> None:
-        """Indexes for lookups by parent, by workflow and time, and by status and time."""
+        """The indexes every list and tree query uses (`orchestrator.history.INDEXES`), and
+        those of the node logs."""
         try:
-            self.runs.create_index([("parent_run_id", ASCENDING)], name="by_parent")
-            self.runs.create_index([("workflow", ASCENDING), ("created_at", DESCENDING)], name="by_workflow")
-            self.runs.create_index([("status", ASCENDING), ("created_at", DESCENDING)], name="by_status")
-            self.runs.create_index([("root_run_id", ASCENDING)], name="by_root")
+            ensure_history_indexes(self.runs)
+            ensure_log_indexes(self.db[NODE_LOGS])
         except PyMongoError as exc:
             raise StoreError(f"cannot create indexes on {self.db.name}.{RUNS}: {exc}") from exc
 
@@ -197,15 +199,15 @@ class RunStore:
         limit: int = 50,
     ) -> list[Run]:
         """Runs, newest first, filtered by workflow, status and parent."""
-        query: Document = {}
-        if workflow:
-            query["workflow"] = workflow
-        if status:
-            query["status"] = status
-        if parent_run_id:
-            query["parent_run_id"] = parent_run_id
-        cursor = self.runs.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
-        return [Run.model_validate(d) for d in cursor]
+        return self.page_runs(RunFilter(workflow=workflow, status=status, parent=parent_run_id), limit).runs
+
+    def page_runs(self, where: RunFilter, limit: int = 50, cursor: str | None = None) -> RunPage:
+        """A page of runs matching `where`, newest first, after `cursor` (`orchestrator.history`)."""
+        return page_runs(self.runs, where, limit, cursor)
+
+    def count_runs_by_status(self, where: RunFilter) -> dict[str, int]:
+        """How many runs match `where` (its status aside) in each status."""
+        return count_by_status(self.runs, where)
 
     def children(self, run_id: str) -> list[Run]:
         """The runs started by `run_id`'s nodes, oldest first."""
@@ -444,15 +446,8 @@ class RunStore:
         return {"_id": run_id, f"nodes.{node_id}.status": {"$in": list(from_statuses)}}
 
     def _check_size(self, node_id: str, state: Document, doc_size: int) -> None:
-        if doc_size and state.get("output") is not None:
-            added = len(bson.encode({"o": state["output"]}))
-            if doc_size + added > self.max_run_doc_bytes:
-                raise DocumentTooLarge(
-                    f"node '{node_id}' output is {added / 1024:.0f} KiB and the run document already "
-                    f"{doc_size / 1024:.0f} KiB: together they would pass the "
-                    f"{self.max_run_doc_bytes / 1024:.0f} KiB limit (ORCH_MAX_RUN_DOC_BYTES). "
-                    "Store large data elsewhere and pass an identifier."
-                )
+        if state.get("output") is not None:
+            self.check_room(f"node '{node_id}' output is", {"o": state["output"]}, doc_size)
 
     def set_node_state(self, run_id: str, node_id: str, state: Document, expected: Iterable[str]) -> bool:
         """Compare-and-set a node's sub-document; True when the node was in `expected`."""
@@ -461,6 +456,22 @@ class RunStore:
             {"$set": {f"nodes.{node_id}": state}},
         )
         return result.modified_count == 1
+
+    def check_room(self, what: str, added: Document, doc_size: int) -> None:
+        """Refuse to add `added` to a run document of `doc_size` bytes past the size budget.
+
+        Raises:
+            DocumentTooLarge: saying `<what> N KiB` and the document's size and limit.
+        """
+        if not doc_size:
+            return
+        size = len(bson.encode(added))
+        if doc_size + size > self.max_run_doc_bytes:
+            raise DocumentTooLarge(
+                f"{what} {size / 1024:.0f} KiB and the run document is already "
+                f"{doc_size / 1024:.0f} KiB: together they would pass the "
+                f"{self.max_run_doc_bytes / 1024:.0f} KiB limit (ORCH_MAX_RUN_DOC_BYTES)"
+            )
 
     def set_waiting(self, run_id: str, node_id: str, state: Document, wait: Document) -> bool:
         """Move a running node to `waiting`, recording what it waits for under `waits.<node>`.

@@ -48,7 +48,7 @@ from orchestrator.run_ends import tell_waiters
 from orchestrator.spec import NodeSpec
 from orchestrator.store import NodeStart
 from orchestrator.templating import build_scope, render
-from orchestrator.waiting import after_claim, begin_wait, poll, sweep_waits, take_over_wait
+from orchestrator.waiting import after_claim, begin_wait, poll, sweep_waits, take_over_wait, wait_record
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
@@ -276,7 +276,9 @@ def run_node(
     try:
         with task.app.leases.holding(run_id, spec.id, attempt):
             output = _call(node_type, spec, context)
-        if not isinstance(output, Wait):
+        if isinstance(output, Wait):
+            waiting = wait_record(task, context, output, document_size(before))
+        else:
             state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
             return record(state, doc_size=document_size(before))
     except DocumentTooLarge as exc:
@@ -293,7 +295,7 @@ def run_node(
             store.set_node_state(run_id, spec.id, retrying, NODE_STARTABLE)
             raise task.retry(countdown=delay, exc=exc) from exc
         return record(_failure(exc, attempt, started))
-    begin_wait(task, node_type, spec, context, output)
+    begin_wait(task, node_type, spec, context, waiting)
     return NodeEnd()
 
 
@@ -407,7 +409,7 @@ def _call(node_type: NodeType[Any], spec: NodeSpec, context: NodeContext) -> Any
     rendered = {
         key: value
         if key in node_type.raw_params
-        else render(value, scope, f"node '{spec.id}', parameter '{key}'")
+        else render(value, scope, f"node '{spec.id}', parameter '{key}'", context.seconds_left())
         for key, value in spec.params.items()
     }
     try:

@@ -443,13 +443,14 @@ def render(value: JsonValue, scope: Mapping[str, Any], where: str, timeout_s: fl
         scope: the names templates may use.
         where: what is being rendered, for errors (`node 'fetch', parameter 'symbol'`).
         timeout_s: how long rendering may take (the time left to the node, when it has a
-            deadline); `RENDER_TIMEOUT_S` when None.
+            deadline), never more than `RENDER_TIMEOUT_S` (a template is not where work
+            belongs); `RENDER_TIMEOUT_S` when None.
 
     Raises:
         TemplateError: a syntax error, an undefined name, a sandbox violation, a value past
             the size limits, or rendering past the deadline, saying where.
     """
-    limit = RENDER_TIMEOUT_S if timeout_s is None else max(timeout_s, 0.001)
+    limit = RENDER_TIMEOUT_S if timeout_s is None else min(max(timeout_s, 0.001), RENDER_TIMEOUT_S)
     token = None
     try:
         try:

@@ -46,27 +46,39 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
-def begin_wait(
-    task: Task, node_type: NodeType[Any], spec: NodeSpec, context: NodeContext, wait: Wait
-) -> None:
-    """Mark the node `waiting` (with what a wake-up needs to re-send it), then poll once."""
+def wait_record(task: Task, context: NodeContext, wait: Wait, doc_size: int = 0) -> dict[str, Any]:
+    """What a waiting node keeps under `waits.<node>`: what it waits for, how long, and what a
+    wake-up needs to re-send its message.
+
+    Raises:
+        DocumentTooLarge: the record would not fit in the run document (`doc_size` bytes now).
+    """
     started = utcnow()
-    token = new_token()
-    state = node_state(status="waiting", attempts=context.attempt, started_at=started, finished_at=None)
-    wait_record = {
+    record = {
         "run_id": wait.run_id,
         "since": started,
         "deadline": started + timedelta(seconds=wait.timeout_s),
         "poll_interval_s": wait.poll_interval_s,
         "data": wait.data,
         "resend": dict(task.signature_from_request()),
-        "token": token,
+        "token": new_token(),
         "woken": False,
         "next_poll_at": time.time(),
         "epoch": task.request.kwargs.get("epoch", 0),
     }
-    context.store.set_waiting(context.run_id, spec.id, state, wait_record)
-    poll(task, node_type, spec, context, state, wait_record, held_token=token)
+    context.store.check_room(f"node '{context.node_id}' would wait with a record of", {"w": record}, doc_size)
+    return record
+
+
+def begin_wait(
+    task: Task, node_type: NodeType[Any], spec: NodeSpec, context: NodeContext, record: dict[str, Any]
+) -> None:
+    """Mark the node `waiting` with its wait record (`wait_record`), then poll once."""
+    state = node_state(
+        status="waiting", attempts=context.attempt, started_at=record["since"], finished_at=None
+    )
+    context.store.set_waiting(context.run_id, spec.id, state, record)
+    poll(task, node_type, spec, context, state, record, held_token=record["token"])
 
 
 def poll(

@@ -351,6 +351,48 @@ def test_templated_params_are_checked_for_their_names_only(orch: Orchestrator) -
         orch.register(wf({"id": "nap", "type": "sleep", "params": {"seconds": 1, "secs": "{{ pause }}"}}))
 
 
+def test_apply_of_a_loop_body_of_an_unknown_type_or_bad_params_exits_2(
+    cli: CliRunner, tmp_path: Path, orch: Orchestrator
+) -> None:
+    text = (
+        "name: L\nnodes:\n"
+        "  - {id: sweep, type: parameter_loop, params: {values: [1], body: {type: nope}}}\n"
+        "  - {id: naps, type: parameter_loop,\n"
+        "     params: {values: [1], body: {type: sleep, params: {secs: 1}}}}\n"
+    )
+    assert_refused(
+        apply(cli, write(tmp_path, "l.yaml", text)),
+        "node 'sweep': field 'params.body.type': unknown node type 'nope'",
+        "node 'naps': field 'params.body.params.secs': Extra inputs are not permitted",
+    )
+    assert orch.workflows() == []
+
+
+def test_a_loop_body_with_templated_params_registers(orch: Orchestrator) -> None:
+    body = {"type": "sleep", "params": {"seconds": "{{ loop_value }}"}}
+    orch.register(wf({"id": "naps", "type": "parameter_loop", "params": {"values": [0], "body": body}}))
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"variables": {"Api-Key": "k"}}, "variables.Api-Key"),
+        ({"variables": {"db": {"private_key": "k"}}}, "variables.db.private_key"),
+        (
+            {"schedule": {"cron": "0 8 * * *", "variables": {"authToken": "k"}}},
+            "schedule.variables.authToken",
+        ),
+    ],
+)
+def test_apply_of_a_workflow_file_with_a_variable_named_like_a_secret_exits_2(
+    cli: CliRunner, tmp_path: Path, orch: Orchestrator, extra: dict[str, Any], field: str
+) -> None:
+    path = write(tmp_path, "s.json", json.dumps(wf(**extra)))
+    assert_refused(apply(cli, path), f"field '{field}': looks like a secret", "allow_secret_variables")
+    assert orch.workflows() == []
+    orch.register(wf(**extra, allow_secret_variables=True))
+
+
 @pytest.mark.parametrize("node_id", ["a\n", "a\tb", "a\x00", "a\x1b[31m"])
 def test_apply_of_a_node_id_with_a_newline_or_control_character_exits_2(
     cli: CliRunner, tmp_path: Path, node_id: str

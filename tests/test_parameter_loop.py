@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
+from orchestrator.errors import WorkflowValidationError
 from orchestrator.models import Run
 from tests.conftest import as_list, not_none, workflow
 
@@ -108,10 +109,17 @@ def test_bad_body_params_fail_the_loop_before_any_iteration_starts(orch: Orchest
     assert iterations(orch, run) == []
 
 
-def test_unknown_body_type_is_named(orch: Orchestrator) -> None:
-    orch.register(workflow("Loop", loop_node([1], {"type": "teleport"})))
+def test_unknown_body_type_is_named_at_registration(orch: Orchestrator) -> None:
+    with pytest.raises(
+        WorkflowValidationError, match=r"field 'params\.body\.type': unknown node type 'teleport'"
+    ):
+        orch.register(workflow("Loop", loop_node([1], {"type": "teleport"})))
+
+
+def test_a_body_type_given_by_a_template_and_unknown_is_named_at_run_time(orch: Orchestrator) -> None:
+    orch.register(workflow("Loop", loop_node([1], {"type": "{{ kind }}"}), variables={"kind": "teleport"}))
     run = orch.run("Loop", timeout=30)
-    assert "unknown node type 'teleport'" in (run.nodes["loop"].error or "")
+    assert "unknown node type" in (run.nodes["loop"].error or "")
 
 
 def test_a_sweep_of_child_runs_returns_each_childs_results(orch: Orchestrator) -> None:

@@ -76,7 +76,12 @@ def iteration_specs(params: ParameterLoopParams, context: NodeContext) -> list[W
     specs = []
     for index, value in enumerate(params.values):
         rendered = {
-            key: render(raw, {**scope, "loop_value": value, "loop_index": index}, f"{where}.params.{key}")
+            key: render(
+                raw,
+                {**scope, "loop_value": value, "loop_index": index},
+                f"{where}.params.{key}",
+                context.seconds_left(),
+            )
             for key, raw in params.body.params.items()
         }
         try:
@@ -188,5 +193,6 @@ node_type = NodeType(
     run=run,
     resume=resume,
     raw_params=frozenset({"body"}),
+    node_params=frozenset({"body"}),
     description="runs a body node once per value (parallel or sequential), each as a child run",
 )
