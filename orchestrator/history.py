@@ -163,7 +163,7 @@ def page_runs(
 def count_by_status(runs: Collection[Document], where: RunFilter) -> dict[str, int]:
     """How many runs match `where` in each status (every status present, zeros included)."""
     base = where.without_status().query()
-    counts = {status: 0 for status in RUN_STATUSES}
+    counts: dict[str, int] = dict.fromkeys(RUN_STATUSES, 0)
     for row in runs.aggregate([{"$match": base}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
         if row["_id"] in counts:
             counts[row["_id"]] = int(row["n"])

@@ -61,7 +61,7 @@ class RunEndListener:
         self._pubsub: PubSub | None = None
 
     def __enter__(self) -> RunEndListener:
-        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
         try:
             pubsub.subscribe(self._channel)
             # Redis's confirmation: from here on no notice can pass unseen, so a read of the
