@@ -12,8 +12,10 @@ from typing import Any
 from celery import Celery
 from celery.backends.redis import RedisBackend
 
+from orchestrator.constants import NODE_LOGS
 from orchestrator.errors import OrchestratorError
 from orchestrator.leases import LeaseKeeper
+from orchestrator.log_capture import NodeLogCapture
 from orchestrator.registry import NodeContext, Registry
 from orchestrator.secrets import SecretMask
 from orchestrator.settings import Settings
@@ -58,8 +60,19 @@ class OrchestratorApp(Celery):  # type: ignore[misc]
     def secret_mask(self) -> SecretMask:
         """Masks the secrets this process holds (its secret settings, and every environment
         variable named like a secret) in what nodes record and in log lines."""
-        secrets = [self.settings.telegram_bot_token, self.settings.twelvedata_api_key]
+        settings = self.settings
+        secrets = [
+            settings.telegram_bot_token,
+            settings.twelvedata_api_key,
+            settings.ui_password,
+            settings.ui_token,
+        ]
         return SecretMask.of_process([s.get_secret_value() for s in secrets if s is not None])
+
+    @cached_property
+    def node_log_capture(self) -> NodeLogCapture:
+        """Keeps what the nodes this process runs log, in their node logs."""
+        return NodeLogCapture(lambda: self.store.db[NODE_LOGS], self.secret_mask.text)
 
     @cached_property
     def leases(self) -> LeaseKeeper:

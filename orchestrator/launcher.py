@@ -150,12 +150,12 @@ def launch_run(
     """
     run_id, canvas = prepare_run(app, spec, variables, trigger, run_id, lineage, resend_after_s)
     if canvas is not None:
-        _send(app, run_id, canvas)
+        send_canvas(app, run_id, canvas)
         app.store.mark_dispatched([run_id])
     return run_id, canvas is not None
 
 
-def _send(app: OrchestratorApp, run_id: str, canvas: Signature) -> None:
+def send_canvas(app: OrchestratorApp, run_id: str, canvas: Signature) -> None:
     """Send a run's canvas; when the broker refuses it, leave the run for the sweeper."""
     try:
         canvas.apply_async()
@@ -193,7 +193,7 @@ def relaunch_undispatched(app: OrchestratorApp, grace_s: float = DISPATCH_GRACE_
             logger.warning("run %s of '%s' was never sent to a worker; sending it now", run_id, name)
             try:
                 handed = app.registry.handed_types(n.type for n in spec.nodes)
-                _send(app, run_id, compile_workflow(app, spec, run_id, handed))
+                send_canvas(app, run_id, compile_workflow(app, spec, run_id, handed))
             except Exception as exc:  # the broker is away: the next sweep tries again
                 logger.error("run %s of '%s' could not be sent: %s", run_id, name, exc)
                 continue

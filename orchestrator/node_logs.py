@@ -26,6 +26,12 @@ MAX_LOG_BYTES = 64 * 1024
 MAX_LINE_CHARS = 4096
 """A longer line is cut to this many characters (with a note)."""
 FLUSH_EVERY_S = 1.0
+NOT_FOR_NODE_LOG = "orchestrator_not_for_node_log"
+"""A log record with this attribute set (`extra={NOT_FOR_NODE_LOG: True}`) stays out of the
+node log: it reached it another way (a node's own logger writes there directly)."""
+
+# Control characters (a terminal's escape sequences among them) are shown, not obeyed.
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if code != 0x09}
 
 
 class LogLine(BaseModel):
@@ -97,6 +103,7 @@ class NodeLogBuffer:
 
     def add(self, level: str, text: str, t: float | None = None) -> None:
         """Keep one line (cut to `MAX_LINE_CHARS`), dropping the oldest past `max_bytes`."""
+        text = text.translate(_CONTROLS)
         if len(text) > MAX_LINE_CHARS:
             text = f"{text[:MAX_LINE_CHARS]}… [{len(text) - MAX_LINE_CHARS:,} more characters cut]"
         line = LogLine(t=time.time() if t is None else t, level=level, text=text)

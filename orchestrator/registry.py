@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from pydantic import BaseModel
 
 from orchestrator.constants import ENTRY_POINT_GROUP
 from orchestrator.errors import ConfigurationError
+from orchestrator.node_logs import NOT_FOR_NODE_LOG
 from orchestrator.spec import DEFAULT_BRANCHES
 
 if TYPE_CHECKING:
@@ -35,6 +37,30 @@ if TYPE_CHECKING:
     from orchestrator.store import RunStore
 
 P = TypeVar("P", bound=BaseModel)
+
+
+class NodeLogger(logging.LoggerAdapter[logging.Logger]):
+    """A node's logger: each record at INFO or above goes to the node's log (`sink`) and,
+    when the logger is enabled for its level, to the process's log handlers."""
+
+    def __init__(self, logger: logging.Logger, sink: Callable[[str, str], None] | None) -> None:
+        super().__init__(logger, {})
+        self._sink = sink
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if self._sink is not None and level >= logging.INFO:
+            text = str(msg) % args if args else str(msg)
+            exc_info = kwargs.get("exc_info")
+            if exc_info:
+                info = sys.exc_info() if exc_info is True else exc_info
+                if isinstance(info, BaseException):
+                    info = (type(info), info, info.__traceback__)
+                if info[0] is not None:
+                    text += "\n" + logging.Formatter().formatException(info)
+            self._sink(logging.getLevelName(level), text)
+        if self.logger.isEnabledFor(level):
+            kwargs["extra"] = {**(kwargs.get("extra") or {}), NOT_FOR_NODE_LOG: True}
+            self.logger.log(level, msg, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -52,6 +78,8 @@ class NodeContext:
             it as the orchestrator's app).
         spec: the node's own spec (its `after`, `params` as written), for node types that
             combine their inputs (`merge`) or render templates themselves.
+        log_sink: adds a line (level name, text) to the node's log (`orchestrator.node_logs`);
+            None outside a worker. `logger` writes there too.
     """
 
     run_id: str
@@ -66,11 +94,13 @@ class NodeContext:
     run: Mapping[str, Any] = field(default_factory=dict)
     app: Celery | None = None
     spec: NodeSpec | None = None
+    log_sink: Callable[[str, str], None] | None = None
 
     @property
-    def logger(self) -> logging.Logger:
-        """A logger named after the node, for messages in the worker log."""
-        return logging.getLogger(f"orchestrator.node.{self.node_id}")
+    def logger(self) -> NodeLogger:
+        """A logger named after the node: its records at INFO and above go to the node's log
+        (whatever the worker's log level) and, as the worker's log level allows, to its log."""
+        return NodeLogger(logging.getLogger(f"orchestrator.node.{self.node_id}"), self.log_sink)
 
     def seconds_left(self) -> float | None:
         """Seconds until the deadline, or None when the node has no timeout."""

@@ -82,6 +82,18 @@ class Settings(BaseSettings):
     telegram_chat_id: str | None = Field(None, validation_alias="TELEGRAM_CHAT_ID")
     telegram_api_url: str = Field("https://api.telegram.org", validation_alias="TELEGRAM_API_URL")
     twelvedata_api_key: SecretStr | None = Field(None, validation_alias="TWELVEDATA_API_KEY")
+    ui_password: SecretStr | None = Field(
+        None,
+        validation_alias="ORCH_UI_PASSWORD",
+        description="the web UI's password (HTTP basic auth, any user name); needed to serve it on "
+        "an address other than localhost, unless ORCH_UI_TOKEN is set",
+    )
+    ui_token: SecretStr | None = Field(
+        None,
+        validation_alias="ORCH_UI_TOKEN",
+        description="a token the web UI takes instead of a password (`Authorization: Bearer`, or "
+        "`?token=` once in a browser)",
+    )
     twelvedata_url: str = Field("https://api.twelvedata.com", validation_alias="TWELVEDATA_URL")
 
     @property

@@ -40,6 +40,7 @@ from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, Templa
 from orchestrator.handoff import document_size, snapshot_after, snapshot_of
 from orchestrator.launcher import relaunch_undispatched
 from orchestrator.leases import holder_name
+from orchestrator.log_capture import RunNodeFilter
 from orchestrator.models import node_state, utcnow
 from orchestrator.outages import service_error
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
@@ -95,7 +96,9 @@ def register_tasks(app: OrchestratorApp) -> None:
     worker_init.connect(_import_node_types, dispatch_uid="orchestrator.import_node_types")
 
     def mask_secrets_in_logs(logger: logging.Logger | None = None, **kwargs: Any) -> None:
+        """Worker log lines say which run and node they are about, and show no secret."""
         for handler in (logger or logging.getLogger()).handlers:
+            handler.addFilter(RunNodeFilter(app.node_log_capture))
             handler.addFilter(app.secret_mask.log_filter())
 
     after_setup_logger.connect(mask_secrets_in_logs, weak=False, dispatch_uid=f"orchestrator.mask.{id(app)}")
@@ -273,8 +276,9 @@ def run_node(
         return record(node_state(status="skipped", error=skip_reason))
     started = utcnow()
     context = _context(task, spec, before, attempt)
+    capture = task.app.node_log_capture
     try:
-        with task.app.leases.holding(run_id, spec.id, attempt):
+        with task.app.leases.holding(run_id, spec.id, attempt), capture.capturing(run_id, spec.id, attempt):
             output = _call(node_type, spec, context)
         if isinstance(output, Wait):
             waiting = wait_record(task, context, output, document_size(before))
@@ -400,6 +404,7 @@ def _context(task: NodeTask, spec: NodeSpec, doc: dict[str, Any], attempt: int) 
         run=doc,
         app=task.app,
         spec=spec,
+        log_sink=task.app.node_log_capture.add,
     )
 
 

@@ -40,7 +40,7 @@ NODE_TYPES_DOC = DOCS / "node-types.md"
 # that reads each (so that the docs cannot keep one the code dropped).
 TEST_VARS = {"ORCH_TEST_REDIS_URL": "tests/conftest.py", "ORCH_TEST_MONGO_URL": "tests/conftest.py"}
 FLOWER_VARS = {
-    "FLOWER_BASIC_AUTH": "orchestrator/cli.py",
+    "FLOWER_BASIC_AUTH": "orchestrator/cli/services.py",
     "FLOWER_USER": "docker-compose.yml",
     "FLOWER_PASSWORD": "docker-compose.yml",
 }

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import selectors
@@ -50,6 +51,7 @@ from typing import IO, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import NodeError, NodeTimeout
+from orchestrator.node_logs import NOT_FOR_NODE_LOG
 from orchestrator.processes import die_with_parent
 from orchestrator.registry import NodeContext, NodeType
 
@@ -189,7 +191,11 @@ def run(params: PythonParams, context: NodeContext) -> Any:
         raise NodeError(f"{where}: {exc}") from exc
     printed = quoted(outcome.printed)
     if printed:
-        context.logger.info("%s printed:\n%s", where, printed)
+        if context.log_sink is not None:
+            context.log_sink("PRINT", outcome.printed)
+        logging.getLogger(f"orchestrator.node.{context.node_id}").info(
+            "%s printed:\n%s", where, printed, extra={NOT_FOR_NODE_LOG: True}
+        )
     return interpret(outcome.reply, outcome.returncode, printed, params.memory_mb, where)
 
 

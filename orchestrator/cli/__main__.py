@@ -1,0 +1,5 @@
+"""`python -m orchestrator.cli`: the `orchestrator` command."""
+
+from orchestrator.cli.services import entry
+
+entry()
