@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from orchestrator.models import NodeState, Run
+from orchestrator.node_logs import LogLine, NodeLog
 
 QUEUE_NOTE_S = 1.0  # a run that waited this long for a worker says so: more workers may help
 
@@ -156,3 +158,43 @@ def progress_line(run: Run) -> str:
     active = [n for n, s in run.nodes.items() if s.status in ("running", "waiting")]
     now = f", running: {', '.join(active)}" if active else ""
     return f"{run.workflow} {run.id[:8]}: {run.status}, {done}/{len(run.nodes)} nodes done{now}"
+
+
+LEVEL_STYLE = {"DEBUG": "dim", "WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red", "PRINT": "cyan"}
+
+
+class LogPrinter:
+    """Prints node logs, each line once however often the logs are read (`--follow`).
+
+    A log keeps its last lines (`cut_lines` dropped before them): line `i` of a read is line
+    `cut_lines + i` of the attempt, which is how lines already printed are recognised.
+    """
+
+    def __init__(self, console: Console, several_nodes: bool) -> None:
+        self._console = console
+        self._several = several_nodes
+        self._next: dict[tuple[str, int], int] = {}
+        self.printed = 0
+
+    def show(self, logs: list[NodeLog]) -> None:
+        """Print the lines of `logs` not printed yet."""
+        for log in logs:
+            key = (log.node_id, log.attempt)
+            start = self._next.get(key, 0)
+            if start < log.cut_lines:
+                note = f"… {log.cut_lines - start:,} earlier line(s) not kept (the log keeps the last 64 KiB)"
+                self._console.print(Text(self._where(log) + note, style="dim"))
+                start = log.cut_lines
+            for line in log.lines[start - log.cut_lines :]:
+                self._console.print(self._line(log, line))
+                self.printed += 1
+            self._next[key] = log.cut_lines + len(log.lines)
+
+    def _where(self, log: NodeLog) -> str:
+        attempt = f"#{log.attempt}" if log.attempt > 1 else ""
+        return f"{log.node_id}{attempt}  " if self._several or attempt else ""
+
+    def _line(self, log: NodeLog, line: LogLine) -> Text:
+        when = datetime.fromtimestamp(line.t, UTC).strftime("%H:%M:%S.%f")[:-3]
+        style = LEVEL_STYLE.get(line.level, "")
+        return Text.assemble((when + " ", "dim"), (f"{line.level:<7} ", style), self._where(log), line.text)

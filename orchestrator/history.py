@@ -23,7 +23,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.models import Run, aware
 
 Document = dict[str, Any]
-MAX_PAGE = 500
+MAX_PAGE = 10_000
 NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
 
 # name -> keys: each list or tree query of the CLI, API and UI has one whose keys are its

@@ -28,6 +28,7 @@ from pymongo.errors import PyMongoError
 from orchestrator.node_logs import FLUSH_EVERY_S, NOT_FOR_NODE_LOG, Document, NodeLogBuffer
 
 logger = logging.getLogger("orchestrator.node_logs")
+_PLAIN = "orchestrator_plain_message"
 
 
 @dataclass(frozen=True)
@@ -79,18 +80,18 @@ class NodeLogCapture:
             self._write(buffer, done=True)
 
     def add(self, level: str, text: str) -> None:
-        """Add lines to the current node's log directly (not through `logging`), masked."""
+        """Add an entry (one line, or a message of several) to the current node's log
+        directly (not through `logging`), masked."""
         current = self._current.get()
         if current is not None:
-            for line in text.splitlines() or [""]:
-                current.buffer.add(level, self._mask(line))
+            current.buffer.add(level, self._mask(text))
 
     def emit(self, record: logging.LogRecord) -> None:
         """Keep a record in the current node's log (called by the root logger's handler)."""
         current = self._current.get()
         if current is None or getattr(record, NOT_FOR_NODE_LOG, False):
             return
-        text = record.getMessage()
+        text = getattr(record, _PLAIN, None) or record.getMessage()
         if record.exc_info and record.exc_info[0] is not None:
             text += "\n" + logging.Formatter().formatException(record.exc_info)
         current.buffer.add(record.levelname, self._mask(text), record.created)
@@ -148,5 +149,6 @@ class RunNodeFilter(logging.Filter):
         if where is not None:
             message = record.getMessage()
             if where[0] not in message:
+                setattr(record, _PLAIN, message)  # for the node log, which needs no prefix
                 record.msg, record.args = f"run {where[0]} node '{where[1]}': {message}", ()
         return True

@@ -31,7 +31,7 @@ NOT_FOR_NODE_LOG = "orchestrator_not_for_node_log"
 node log: it reached it another way (a node's own logger writes there directly)."""
 
 # Control characters (a terminal's escape sequences among them) are shown, not obeyed.
-_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if code != 0x09}
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if code not in (0x09, 0x0A)}
 
 
 class LogLine(BaseModel):

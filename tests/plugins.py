@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -17,7 +18,8 @@ class FlakyParams(BaseModel):
 
 
 def flaky(params: FlakyParams, context: NodeContext) -> dict[str, Any]:
-    """Fails until attempt `succeed_on`."""
+    """Fails until attempt `succeed_on` (logging each attempt)."""
+    context.logger.info("attempt %d", context.attempt)
     if context.attempt < params.succeed_on:
         raise NodeError(f"flaky: attempt {context.attempt} fails on purpose")
     return {"attempt": context.attempt}
@@ -109,7 +111,47 @@ def peek_running(params: PeekParams, context: NodeContext) -> dict[str, Any]:
     return {"handed_on": SIZE_KEY in context.run, "saw": sorted(context.outputs), "own_status": own}
 
 
+class ChattyParams(BaseModel):
+    lines: int = 3
+    every_s: float = 0.0
+    width: int = 20
+    say: str = ""
+
+
+def chatty(params: ChattyParams, context: NodeContext) -> int:
+    """Logs `lines` lines (`width` characters of text each), one every `every_s` seconds, through
+    its node logger, a library's logger (a warning) and, for the last, with a traceback."""
+    library = logging.getLogger("some.library")
+    if params.say:
+        context.logger.info("saying %s", params.say)
+    for index in range(params.lines):
+        context.logger.info("line %d %s", index, "x" * params.width)
+        if params.every_s:
+            time.sleep(params.every_s)
+    library.warning("a library warns")
+    try:
+        raise ValueError("shown with its traceback")
+    except ValueError:
+        context.logger.exception("the last line")
+    return params.lines
+
+
+class FailUntilParams(BaseModel):
+    key: str
+    runs: int = 1
+
+
+def fail_until(params: FailUntilParams, context: NodeContext) -> int:
+    """Fails its first `runs` executions (counted in MongoDB under `key`, across runs)."""
+    n = count(CountParams(key=params.key), context)
+    if n <= params.runs:
+        raise NodeError(f"execution {n} of '{params.key}' fails on purpose")
+    return n
+
+
 node_types = [
+    NodeType(name="chatty", params=ChattyParams, run=chatty),
+    NodeType(name="fail_until", params=FailUntilParams, run=fail_until),
     NodeType(name="block", params=BlockParams, run=block),
     NodeType(name="flaky", params=FlakyParams, run=flaky),
     NodeType(name="fail", params=FailParams, run=fail),

@@ -192,7 +192,8 @@ def run(params: PythonParams, context: NodeContext) -> Any:
     printed = quoted(outcome.printed)
     if printed:
         if context.log_sink is not None:
-            context.log_sink("PRINT", outcome.printed)
+            for line in outcome.printed.splitlines():
+                context.log_sink("PRINT", line)
         logging.getLogger(f"orchestrator.node.{context.node_id}").info(
             "%s printed:\n%s", where, printed, extra={NOT_FOR_NODE_LOG: True}
         )

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 import click
 from rich.text import Text
 
-if TYPE_CHECKING:
-    pass
 from orchestrator.cli.base import connected, fail, main, out, print_json
 
 

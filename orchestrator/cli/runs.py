@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.errors import (
-    WaitTimeout,
-)
+from orchestrator.cli.base import PROGRESS_POLL_S, connected, err, fail, main, out, print_json
+from orchestrator.cli.variables import parse_vars
+from orchestrator.errors import WaitTimeout
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
     from orchestrator.models import Run
-from orchestrator.cli.base import PROGRESS_POLL_S, connected, err, fail, main, out, print_json
-from orchestrator.cli.variables import parse_vars
+
+LOG_POLL_S = 0.5  # how often `runs logs --follow` looks for new lines
 
 
 @main.command("run")
@@ -127,16 +128,25 @@ def runs() -> None:
     type=click.Choice(["pending", "running", "finished", "failed", "error", "cancelled"]),
 )
 @click.option("--parent", default=None, help="only the child runs of this run")
+@click.option("--trigger", default=None, help="only runs started so: api, cli, schedule, run_workflow, rerun")
 @click.option("--limit", default=50, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True)
 def runs_list(
-    workflow: str | None, status: str | None, parent: str | None, limit: int, as_json: bool
+    workflow: str | None,
+    status: str | None,
+    parent: str | None,
+    trigger: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """List runs, newest first."""
+    from orchestrator.history import RunFilter
+
     with connected() as orch:
         from orchestrator.display import runs_view
 
-        found = orch.list_runs(workflow=workflow, status=status, limit=limit, parent=parent)
+        where = RunFilter(workflow=workflow, status=status, parent=parent, trigger=trigger)
+        found = orch.page_runs(where, limit).runs
         if as_json:
             print_json([r.to_document() for r in found])
         else:
@@ -146,10 +156,79 @@ def runs_list(
 @runs.command("show")
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True)
-def runs_show(run_id: str, as_json: bool) -> None:
+@click.option("--mermaid", is_flag=True, help="print the run's graph as a Mermaid flowchart, nodes by status")
+def runs_show(run_id: str, as_json: bool, mermaid: bool) -> None:
     """Show a run, its nodes and its tree of child runs (RUN_ID may be the start of an id)."""
     with connected() as orch:
-        show_run(orch, orch.get_run(orch.store.resolve_run_id(run_id)), as_json)
+        run = orch.get_run(orch.store.resolve_run_id(run_id))
+        if mermaid:
+            from orchestrator.errors import WorkflowNotFound
+            from orchestrator.mermaid import run_mermaid
+
+            try:
+                spec = orch.store.get_workflow(run.workflow)
+            except WorkflowNotFound:
+                spec = None  # removed since: the run's nodes, without edges
+            click.echo(run_mermaid(spec, run))
+            return
+        show_run(orch, run, as_json)
+
+
+@runs.command("logs")
+@click.argument("run_id")
+@click.argument("node", required=False)
+@click.option("--follow", "-f", is_flag=True, help="print lines as they come until the run is over")
+@click.option("--json", "as_json", is_flag=True, help="print the logs as JSON (not with --follow)")
+def runs_logs(run_id: str, node: str | None, follow: bool, as_json: bool) -> None:
+    """Show what a run's nodes (or NODE) logged: the last 64 KiB of each attempt."""
+    from orchestrator.display import LogPrinter
+
+    with connected() as orch:
+        run_id = orch.store.resolve_run_id(run_id)
+        run = orch.get_run(run_id)
+        if node is not None and node not in run.nodes:
+            fail(f"run {run_id} has no node '{node}' (nodes: {', '.join(run.nodes)})", 2)
+        if as_json:
+            print_json([log.model_dump() for log in orch.logs(run_id, node)])
+            return
+        printer = LogPrinter(out, several_nodes=node is None)
+        printer.show(orch.logs(run_id, node))
+        try:
+            while follow and not run.is_over:
+                time.sleep(LOG_POLL_S)
+                run = orch.get_run(run_id)
+                printer.show(orch.logs(run_id, node))
+            if follow:
+                printer.show(orch.logs(run_id, node))  # the lines written as the run ended
+        except KeyboardInterrupt:
+            return
+        if printer.printed == 0 and not follow:
+            err.print(
+                f"run {run_id}: no node logged anything" if node is None else f"node '{node}' logged nothing"
+            )
+
+
+@runs.command("rerun")
+@click.argument("run_id")
+@click.option("--from-failed", is_flag=True, help="keep the nodes that finished; run the rest")
+@click.option("--from", "from_node", default=None, metavar="NODE", help="run NODE and every node after it")
+@click.option("--wait", is_flag=True, help="wait for the new run to end and show it")
+@click.option("--json", "as_json", is_flag=True)
+def runs_rerun(run_id: str, from_failed: bool, from_node: str | None, wait: bool, as_json: bool) -> None:
+    """Run RUN_ID's workflow again with its variables, as a new run linked to it; with
+    --from-failed or --from NODE, only what did not finish (or NODE on), keeping the outputs
+    of the nodes before."""
+    with connected() as orch:
+        run_id = orch.store.resolve_run_id(run_id)
+        orch.ping_broker()
+        new_id = orch.rerun(run_id, from_failed=from_failed, from_node=from_node)
+        if not wait:
+            print_json({"run_id": new_id, "rerun_of": run_id}) if as_json else out.print(new_id)
+            return
+        run = wait_with_progress(orch, new_id, None, show=not as_json)
+        show_run(orch, run, as_json)
+        if run.status != "finished":
+            sys.exit(1)
 
 
 @runs.command("cancel")

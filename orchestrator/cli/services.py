@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import click
 
-if TYPE_CHECKING:
-    pass
 from orchestrator.cli.base import err, main, out
+from orchestrator.settings import Settings
 
 
 @main.command()
@@ -90,6 +89,20 @@ def flower(port: int, address: str, no_auth: bool) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on")
+@click.option("--port", type=click.IntRange(1, 65535), default=8375, show_default=True)
+def ui(host: str, port: int) -> None:
+    """Serve the run-history web UI: runs, their graphs, logs and lineage, workflows.
+
+    It listens on localhost unless told otherwise; any other address needs ORCH_UI_PASSWORD
+    (basic auth) or ORCH_UI_TOKEN.
+    """
+    from orchestrator.ui.server import serve
+
+    serve(Settings(), host=host, port=port)
+
+
+@main.command()
 @click.option("--timeout", type=float, default=120.0, help="seconds to wait for the demo run")
 @click.option("--workflow", default="Daily Trading Pipeline", help="which example workflow to run")
 def demo(timeout: float, workflow: str) -> None:
@@ -100,7 +113,7 @@ def demo(timeout: float, workflow: str) -> None:
 
 
 # Commands that run until stopped: they end through the interpreter's usual exit.
-SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "standalone", "demo"})
+SERVICE_COMMANDS = frozenset({"worker", "beat", "flower", "standalone", "demo", "ui"})
 
 
 def entry() -> NoReturn:

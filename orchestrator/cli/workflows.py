@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 from rich.text import Text
 
-from orchestrator.errors import (
-    WorkflowValidationError,
-)
-
-if TYPE_CHECKING:
-    pass
 from orchestrator.cli.base import connected, err, main, out, print_json
+from orchestrator.errors import WorkflowValidationError
 
 
 @main.group()
@@ -70,3 +64,39 @@ def workflows_list(as_json: bool) -> None:
         for spec in specs:
             schedule = f"  (cron {spec.schedule.cron} {spec.schedule.timezone})" if spec.schedule else ""
             out.print(f"{spec.name}  {len(spec.nodes)} nodes{schedule}  {spec.description}")
+
+
+@workflows.command("show")
+@click.argument("name")
+@click.option("--mermaid", is_flag=True, help="print only its Mermaid flowchart (for Markdown)")
+@click.option("--json", "as_json", is_flag=True, help="print the workflow as JSON")
+def workflows_show(name: str, mermaid: bool, as_json: bool) -> None:
+    """Show workflow NAME: its variables, schedule, nodes, output, the workflows it calls, and
+    its graph as a Mermaid flowchart (which GitHub and most Markdown viewers draw)."""
+    from orchestrator.mermaid import workflow_mermaid
+
+    with connected() as orch:
+        spec = orch.store.get_workflow(name)
+        if as_json:
+            print_json(spec.model_dump(mode="json"))
+            return
+        if mermaid:
+            click.echo(workflow_mermaid(spec))
+            return
+        from orchestrator.workflow_view import describe_workflow
+
+        out.print(describe_workflow(spec))
+        out.print()
+        out.print(Text("Graph (Mermaid):", style="bold"))
+        out.print(Text("```mermaid\n" + workflow_mermaid(spec) + "```"))
+
+
+@workflows.command("delete")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="delete it even while runs of it are active")
+def workflows_delete(name: str, force: bool) -> None:
+    """Remove workflow NAME (its runs stay, readable); refused while runs of it are active,
+    unless --force."""
+    with connected() as orch:
+        orch.delete_workflow(name, force=force)
+        out.print(Text.assemble("deleted workflow '", name, "'"))
