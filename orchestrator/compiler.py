@@ -72,8 +72,11 @@ def compile_workflow(
     graph: Graph = {n.id: set(n.dependency_ids()) & kept for n in spec.nodes if n.id in kept}
     sources = [node_id for node_id, deps in graph.items() if not deps]
     final = {"output": spec.output, "final_nodes": [n.id for n in spec.final_nodes()]}
+    end = app.signature(
+        FINALIZE_TASK, kwargs={"run_id": run_id, **final}, immutable=True, kwargsrepr=f"run {run_id}, its end"
+    )
     if not graph:  # every node is over: only the run's end is left
-        return app.signature(FINALIZE_TASK, kwargs={"run_id": run_id, **final}, immutable=True)
+        return end
 
     def leaf(node_id: str) -> Signature:
         sig = node_signature(app, run_id, nodes[node_id], epoch)
@@ -89,7 +92,7 @@ def compile_workflow(
     if last is not None:  # the run ends with one node: that node's task ends the run too
         last.kwargs["final"] = final
         return body
-    return then(body, app.signature(FINALIZE_TASK, kwargs={"run_id": run_id, **final}, immutable=True))
+    return then(body, end)
 
 
 def last_node(sig: Signature) -> Signature | None:

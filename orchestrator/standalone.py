@@ -35,6 +35,7 @@ from orchestrator.urls import is_local, port_of, redact
 
 WATCH_S = 0.5  # how often the children are checked while the stack runs
 STOP_TIMEOUT_S = 20.0  # a warm shutdown of the worker may take this long before it is killed
+UI_PORT = 8375  # the web UI's port, as `orchestrator ui` has it
 
 
 @dataclass
@@ -61,7 +62,9 @@ class Child:
             stop_process(self.process, timeout=STOP_TIMEOUT_S)
 
 
-def run_standalone(out: Console, err: Console, flower_port: int, concurrency: int | None) -> int:
+def run_standalone(
+    out: Console, err: Console, flower_port: int, concurrency: int | None, ui_port: int = UI_PORT
+) -> int:
     """Run the stack until Ctrl-C or SIGTERM; the exit code (1 when a part stopped by itself)."""
     settings = Settings()
     home = settings.home.resolve()
@@ -75,18 +78,18 @@ def run_standalone(out: Console, err: Console, flower_port: int, concurrency: in
         _register_examples(settings, err)
         auth = os.environ.get("FLOWER_BASIC_AUTH") or f"admin:{secrets.token_urlsafe(12)}"
         env = {**os.environ, "REDIS_URL": redis_url, "MONGO_URL": mongo_url, "ORCH_HOME": str(home)}
-        children = _children(logs, flower_port, concurrency)
+        children = _children(logs, flower_port, concurrency, ui_port)
         for child in children:
             child.start({**env, "FLOWER_BASIC_AUTH": auth} if child.name == "flower" else env, home)
             stack.callback(child.stop)
-        _print_summary(out, settings, home, flower_port, auth, children)
+        _print_summary(out, settings, home, (flower_port, ui_port), auth, children)
         while not stop.wait(WATCH_S):
             for child in children:
                 code = child.exit_code()
                 if code is not None:
                     err.print(f"{child.name} stopped (exit code {code}); see {child.log}. Stopping the rest.")
                     return 1
-        err.print("Stopping the worker, beat, Flower and the services started here…")
+        err.print("Stopping the worker, beat, Flower, the UI and the services started here…")
     return 0
 
 
@@ -135,14 +138,15 @@ def _server(
     return url
 
 
-def _children(logs: Path, flower_port: int, concurrency: int | None) -> list[Child]:
-    """The worker, beat and Flower, each an `orchestrator` command of this Python."""
+def _children(logs: Path, flower_port: int, concurrency: int | None, ui_port: int) -> list[Child]:
+    """The worker, beat, Flower and the UI, each an `orchestrator` command of this Python."""
     me = [sys.executable, "-m", "orchestrator"]
     worker = [*me, "worker", "--loglevel=INFO", *([f"--concurrency={concurrency}"] if concurrency else [])]
     return [
         Child("worker", worker, logs / "worker.log"),
         Child("beat", [*me, "beat", "--loglevel=INFO"], logs / "beat.log"),
         Child("flower", [*me, "flower", f"--port={flower_port}", "--address=127.0.0.1"], logs / "flower.log"),
+        Child("ui", [*me, "ui", f"--port={ui_port}", "--host=127.0.0.1"], logs / "ui.log"),
     ]
 
 
@@ -166,13 +170,15 @@ def _register_examples(settings: Settings, err: Console) -> None:
 
 
 def _print_summary(
-    out: Console, settings: Settings, home: Path, flower_port: int, auth: str, children: list[Child]
+    out: Console, settings: Settings, home: Path, ports: tuple[int, int], auth: str, children: list[Child]
 ) -> None:
+    flower_port, ui_port = ports
     user, _, password = auth.partition(":")
     out.print(Text("The orchestrator runs. In another shell:", style="bold"))
     exports = {"REDIS_URL": settings.redis_url, "MONGO_URL": settings.mongo_url, "ORCH_HOME": str(home)}
     out.print("  export " + " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items()))
     out.print('  orchestrator workflows list; orchestrator run "Daily Trading Pipeline" --wait')
+    out.print(f"Runs (web UI): http://127.0.0.1:{ui_port}")
     out.print(f"Flower: http://127.0.0.1:{flower_port}  (user {user}, password {password})")
     out.print("Logs: " + ", ".join(f"{c.name} {c.log}" for c in children))
     out.print("Ctrl-C stops it all.")

@@ -48,6 +48,7 @@ from orchestrator.registry import NodeContext, NodeType, Registry, Wait
 from orchestrator.run_ends import tell_waiters
 from orchestrator.spec import NodeSpec
 from orchestrator.store import NodeStart
+from orchestrator.task_events import FAILED_RESULT, report_failed_node, same_reprs
 from orchestrator.templating import build_scope, render
 from orchestrator.waiting import after_claim, begin_wait, poll, sweep_waits, take_over_wait, wait_record
 
@@ -62,6 +63,7 @@ _JSON = TypeAdapter(JsonValue)
 class NodeTask(Task):  # type: ignore[misc]
     """Base of every `workers.<type>` task: retries are the engine's, never Celery's default."""
 
+    Request = "orchestrator.task_events:NodeRequest"  # a failed node shows as failed in Flower
     max_retries = None
     acks_late = True
     ignore_result = True  # the run document is the record: no Celery result to store per node
@@ -168,6 +170,9 @@ def _register_node_task(app: OrchestratorApp, type_name: str) -> None:
         except Exception as exc:
             _retry_after_outage(self, exc, outages)
             raise
+        if end.failure is not None:
+            report_failed_node(self, *end.failure)
+            return FAILED_RESULT
         return end.handed_on
 
 
@@ -182,7 +187,8 @@ def _retry_after_outage(task: NodeTask, exc: Exception, outages: int) -> None:
     if sum(min(2.0**n, OUTAGE_MAX_BACKOFF_S) for n in range(outages + 1)) > settings.outage_retry_s:
         return
     logger.warning("%s: %s; trying again in %.0f s", task.request.kwargsrepr or task.name, exc, delay)
-    raise task.retry(countdown=delay, kwargs={**task.request.kwargs, "outages": outages + 1}, exc=exc)
+    kwargs = {**task.request.kwargs, "outages": outages + 1}
+    raise task.retry(countdown=delay, kwargs=kwargs, exc=exc, **same_reprs(task))
 
 
 @dataclass(frozen=True)
@@ -222,6 +228,8 @@ class NodeEnd:
     """This message also ended the run (the run's last node)."""
     handed_on: str | None = None
     """For the chain's next node: a snapshot of the run document as the node's end left it."""
+    failure: tuple[str, str | None] | None = None
+    """The node failed: its error and traceback, for the task's `task-failed` event."""
 
 
 def run_node(
@@ -243,15 +251,8 @@ def run_node(
     attempt = task.request.retries + 1 + message.attempt_base
     pure = node_type.pure and token is None
     handed = snapshot_of(message.previous, run_id) if token is None and node_type.resume is None else None
-    run_was: RunStatus | None = None
     start = NodeStart(attempt, epoch, task.app.leases.lease_until(), holder_name(), task.request.id)
-    if pure:
-        before = _pure_start(store, run_id, spec.id, handed, epoch)
-        run_was = before["status"] if before else None
-    elif handed is not None:
-        before = handed if store.mark_node_running(run_id, spec.id, start) else None
-    else:
-        before = store.start_node(run_id, spec.id, start, first=message.first)
+    before, run_was = _start(store, run_id, spec.id, start, pure, handed, message.first)
     if before is None:
         _not_started(task, node_type, run_id, spec, message)
         return NodeEnd()
@@ -261,15 +262,17 @@ def run_node(
         state = _masked(task.app, state)
         if final is not None:
             if _end_node_and_run(task.app, started_doc, spec.id, state, final, doc_size, run_was, epoch):
-                return NodeEnd(run_ended=True)
+                return NodeEnd(run_ended=True, failure=_failure_of(state))
             # The run is over (cancelled): a started node still records its end.
             recorded = not pure and store.end_node(run_id, spec.id, state, doc_size)
         else:
             recorded = store.end_node(run_id, spec.id, state, doc_size, run_was=run_was, epoch=epoch)
         if pure and not recorded:  # the run ended meanwhile, or another message recorded the node
             _not_started(task, node_type, run_id, spec, message)
-        handing = recorded and message.hand_on
-        return NodeEnd(handed_on=snapshot_after(started_doc, spec.id, state, doc_size) if handing else None)
+        if not recorded:
+            return NodeEnd()
+        snapshot = snapshot_after(started_doc, spec.id, state, doc_size) if message.hand_on else None
+        return NodeEnd(handed_on=snapshot, failure=_failure_of(state))
 
     skip_reason = dependency_verdict(spec, before.get("nodes", {}))
     if skip_reason:
@@ -297,10 +300,36 @@ def run_node(
             # The retry's message is held by a worker until its countdown: lease past it.
             retrying |= replace(start, lease_until=task.app.leases.lease_until() + delay).lease()
             store.set_node_state(run_id, spec.id, retrying, NODE_STARTABLE)
-            raise task.retry(countdown=delay, exc=exc) from exc
+            raise task.retry(countdown=delay, exc=exc, **same_reprs(task)) from exc
         return record(_failure(exc, attempt, started))
     begin_wait(task, node_type, spec, context, waiting)
     return NodeEnd()
+
+
+def _start(
+    store: RunStore,
+    run_id: str,
+    node_id: str,
+    start: NodeStart,
+    pure: bool,
+    handed: dict[str, Any] | None,
+    first: bool,
+) -> tuple[dict[str, Any] | None, RunStatus | None]:
+    """Start a node: the run document it starts from (None when it must not start) and, for a
+    pure node (not marked running), the run's status then."""
+    if pure:
+        before = _pure_start(store, run_id, node_id, handed, start.epoch)
+        return before, before["status"] if before else None
+    if handed is not None:
+        return (handed if store.mark_node_running(run_id, node_id, start) else None), None
+    return store.start_node(run_id, node_id, start, first=first), None
+
+
+def _failure_of(state: dict[str, Any]) -> tuple[str, str | None] | None:
+    """A failed node's error and traceback, for its task's `task-failed` event."""
+    if state["status"] != "failed":
+        return None
+    return state.get("error") or "failed", state.get("traceback")
 
 
 def _masked(app: OrchestratorApp, state: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from orchestrator.errors import NodeError
 from orchestrator.models import aware, node_state, utcnow
 from orchestrator.registry import NodeContext, NodeType, Wait
 from orchestrator.spec import NodeSpec
+from orchestrator.task_events import same_reprs
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
@@ -60,7 +61,7 @@ def wait_record(task: Task, context: NodeContext, wait: Wait, doc_size: int = 0)
         "deadline": started + timedelta(seconds=wait.timeout_s),
         "poll_interval_s": wait.poll_interval_s,
         "data": wait.data,
-        "resend": dict(task.signature_from_request()),
+        "resend": dict(task.signature_from_request().set(**same_reprs(task))),
         "token": new_token(),
         "woken": False,
         "next_poll_at": time.time(),
@@ -117,7 +118,7 @@ def poll(
         return
     if output is None:
         kwargs = {**task.request.kwargs, "token": next_token}
-        raise task.retry(countdown=countdown, kwargs=kwargs, max_retries=None)
+        raise task.retry(countdown=countdown, kwargs=kwargs, max_retries=None, **same_reprs(task))
     _claim(task, spec, context, node_state(status="finished", output=output), state, wait)
 
 
@@ -136,7 +137,7 @@ def take_over_wait(
     """
     token = new_token()
     wait = context.store.take_over_wait(
-        context.run_id, spec.id, epoch, dict(task.signature_from_request()), token
+        context.run_id, spec.id, epoch, dict(task.signature_from_request().set(**same_reprs(task))), token
     )
     if wait is None:
         raise Ignore()

@@ -50,18 +50,26 @@ def beat(loglevel: str) -> None:
 
 
 @main.command()
+@click.option(
+    "--port",
+    "ui_port",
+    type=click.IntRange(1, 65535),
+    default=8375,
+    show_default=True,
+    help="the web UI's port",
+)
 @click.option("--flower-port", type=click.IntRange(1, 65535), default=5555, show_default=True)
 @click.option("--concurrency", "-c", type=int, default=None, help="worker processes (default: CPU count)")
-def standalone(flower_port: int, concurrency: int | None) -> None:
+def standalone(ui_port: int, flower_port: int, concurrency: int | None) -> None:
     """Run a local stack in the foreground: Redis and MongoDB (found at REDIS_URL / MONGO_URL,
-    or embedded with their data under ORCH_HOME), a worker, beat and Flower.
+    or embedded with their data under ORCH_HOME), a worker, beat, Flower and the web UI.
 
     It prints the `export` lines that point other shells at it, registers the example
     workflows not registered yet, and stops everything it started on Ctrl-C or SIGTERM.
     """
     from orchestrator.standalone import run_standalone
 
-    sys.exit(run_standalone(out, err, flower_port, concurrency))
+    sys.exit(run_standalone(out, err, flower_port, concurrency, ui_port))
 
 
 @main.command()
@@ -85,7 +93,13 @@ def flower(port: int, address: str, no_auth: bool) -> None:
         os.environ["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
         password = os.environ["FLOWER_BASIC_AUTH"].partition(":")[2]
         err.print(f"Flower: user admin, password {password} (set FLOWER_BASIC_AUTH=user:password to choose)")
-    create_app().start(["flower", f"--address={address}", f"--port={port}"])
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    state = settings.home.resolve() / "flower.db"  # what it saw survives its restarts
+    create_app().start(
+        ["flower", f"--address={address}", f"--port={port}", "--persistent=True", f"--db={state}",
+         "--state_save_interval=60000"]
+    )  # fmt: skip
 
 
 @main.command()
