@@ -100,6 +100,11 @@ def target_workflows(spec: WorkflowSpec) -> Iterator[tuple[str, str]]:
             yield node.id, target
 
 
+def called_workflows(spec: WorkflowSpec) -> list[str]:
+    """The workflows `spec` starts by a literal name, each once, in node order."""
+    return list(dict.fromkeys(target for _, target in target_workflows(spec)))
+
+
 def unknown_targets(spec: WorkflowSpec, registered: set[str]) -> list[str]:
     """Warnings for child workflows that are not registered (yet): the run would get an error."""
     return [

@@ -1,9 +1,12 @@
 """Run history: runs filtered and paged newest first, on indexes, for the CLI, the API and the UI.
 
-A page is read with a keyset cursor (the `created_at` and `_id` of the last run shown), never
+A page is read with a keyset cursor (the `created_ms` and `_id` of the last run shown), never
 with `skip`: the next page costs what the first does, at 100,000 runs as at 10. Every filter
-combination is served by an index whose keys end with `created_at, _id` (`INDEXES`), so a
-page is a walk down an index, not a sort of every matching run.
+combination is served by an index whose keys end with `created_ms, _id` (`INDEXES`), so a
+page is a walk down an index, not a sort of every matching run. Runs are keyed by integer
+milliseconds (`created_ms`), not by the `created_at` date: nx-27017 compares dates to the
+second only. The next page is two queries (the rest of the last run's millisecond, then
+what is older), each an index range, rather than one `$or`, which nx-27017 runs as a scan.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import base64
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
@@ -20,28 +23,29 @@ from pymongo.collection import Collection
 
 from orchestrator.constants import RUN_STATUSES
 from orchestrator.errors import OrchestratorError
-from orchestrator.models import Run, aware
+from orchestrator.models import Run, epoch_ms
 
 Document = dict[str, Any]
 MAX_PAGE = 10_000
-NEWEST_FIRST = [("created_at", DESCENDING), ("_id", DESCENDING)]
+NEWEST_FIRST = [("created_ms", DESCENDING), ("_id", DESCENDING)]
 
 # name -> keys: each list or tree query of the CLI, API and UI has one whose keys are its
-# equality filters followed by the sort (`created_at`, `_id`).
+# equality filters followed by the sort (`created_ms`, `_id`).
 INDEXES: dict[str, list[tuple[str, int]]] = {
-    "list_newest": [("created_at", DESCENDING), ("_id", DESCENDING)],
-    "list_workflow": [("workflow", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
-    "list_status": [("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+    "list_newest": [("created_ms", DESCENDING), ("_id", DESCENDING)],
+    "list_workflow": [("workflow", ASCENDING), ("created_ms", DESCENDING), ("_id", DESCENDING)],
+    "list_status": [("status", ASCENDING), ("created_ms", DESCENDING), ("_id", DESCENDING)],
     "list_workflow_status": [
         ("workflow", ASCENDING),
         ("status", ASCENDING),
-        ("created_at", DESCENDING),
+        ("created_ms", DESCENDING),
         ("_id", DESCENDING),
     ],
-    "list_trigger": [("trigger.type", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+    "list_trigger": [("trigger.type", ASCENDING), ("created_ms", DESCENDING), ("_id", DESCENDING)],
+    "list_parent": [("parent_run_id", ASCENDING), ("created_ms", DESCENDING), ("_id", DESCENDING)],
+    "list_rerun_of": [("rerun_of", ASCENDING), ("created_ms", DESCENDING)],
     "tree_parent": [("parent_run_id", ASCENDING), ("created_at", ASCENDING)],
     "tree_root": [("root_run_id", ASCENDING), ("created_at", ASCENDING)],
-    "list_rerun_of": [("rerun_of", ASCENDING), ("created_at", DESCENDING)],
 }
 
 
@@ -102,11 +106,11 @@ class RunFilter:
                 query["_id"] = {"$regex": re.escape(text), "$options": "i"}
         times: Document = {}
         if self.since:
-            times["$gte"] = self.since
+            times["$gte"] = epoch_ms(self.since)
         if self.until:
-            times["$lt"] = self.until
+            times["$lt"] = epoch_ms(self.until)
         if times:
-            query["created_at"] = times
+            query["created_ms"] = times
         return query
 
     def without_status(self) -> RunFilter:
@@ -122,20 +126,20 @@ class RunPage:
     next_cursor: str | None = None
 
 
-def encode_cursor(run: Run | Document) -> str:
-    """The cursor after `run`: its creation time (ms) and id, URL-safe."""
-    created = run.created_at if isinstance(run, Run) else run["created_at"]
-    run_id = run.id if isinstance(run, Run) else run["_id"]
-    millis = int(aware(created).timestamp() * 1000)
-    return base64.urlsafe_b64encode(f"{millis}:{run_id}".encode()).decode().rstrip("=")
+def encode_cursor(doc: Document) -> str:
+    """The cursor after the run document `doc`: its `created_ms` and id, URL-safe."""
+    millis = doc.get("created_ms")
+    if not isinstance(millis, int):  # a run stored before `created_ms` existed
+        millis = epoch_ms(doc["created_at"])
+    return base64.urlsafe_b64encode(f"{millis}:{doc['_id']}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The creation time and id a cursor holds; `BadFilter` when it is not one of ours."""
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """The creation time (ms) and id a cursor holds; `BadFilter` when it is not one of ours."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         millis, run_id = raw.split(":", 1)
-        return datetime.fromtimestamp(int(millis) / 1000, UTC), run_id
+        return int(millis), run_id
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadFilter(
             f"'{cursor[:40]}' is not a cursor of this list (take `next_cursor` as given)"
@@ -150,14 +154,35 @@ def page_runs(
         raise BadFilter(f"a page holds 1 to {MAX_PAGE} runs, not {limit}")
     query = where.query()
     if cursor:
-        created, run_id = decode_cursor(cursor)
-        after = {"$or": [{"created_at": {"$lt": created}}, {"created_at": created, "_id": {"$lt": run_id}}]}
-        query = {"$and": [query, after]} if query else after
-    docs = list(runs.find(query).sort(NEWEST_FIRST).limit(limit + 1))
+        millis, run_id = decode_cursor(cursor)
+        same_ms = _narrowed(query, "created_ms", {"$gte": millis, "$lte": millis})
+        same_ms = _narrowed(same_ms, "_id", {"$lt": run_id})
+        older = _narrowed(query, "created_ms", {"$lt": millis})
+        docs = list(runs.find(same_ms).sort(NEWEST_FIRST).limit(limit + 1))
+        if len(docs) <= limit:
+            docs += list(runs.find(older).sort(NEWEST_FIRST).limit(limit + 1 - len(docs)))
+    else:
+        docs = list(runs.find(query).sort(NEWEST_FIRST).limit(limit + 1))
     page = RunPage([Run.model_validate(d) for d in docs[:limit]])
     if len(docs) > limit:
         page.next_cursor = encode_cursor(docs[limit - 1])
     return page
+
+
+def _narrowed(query: Document, key: str, bounds: Document) -> Document:
+    """`query` with `key` also within `bounds` (`$lt`, `$lte`, `$gte`): the tighter bound wins."""
+    existing = query.get(key)
+    merged: Document = dict(existing) if isinstance(existing, dict) else {}
+    if existing is not None and not isinstance(existing, dict):
+        merged = {"$gte": existing, "$lte": existing}
+    for op, value in bounds.items():
+        if op not in merged:
+            merged[op] = value
+        elif op in ("$lt", "$lte"):
+            merged[op] = min(merged[op], value)
+        else:
+            merged[op] = max(merged[op], value)
+    return {**query, key: merged}
 
 
 def count_by_status(runs: Collection[Document], where: RunFilter) -> dict[str, int]:

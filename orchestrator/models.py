@@ -17,6 +17,11 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def epoch_ms(moment: datetime) -> int:
+    """A time as integer milliseconds since the epoch (naive times taken as UTC)."""
+    return int(aware(moment).timestamp() * 1000)
+
+
 def new_run_id() -> str:
     """A fresh run id."""
     return uuid.uuid4().hex
@@ -69,6 +74,7 @@ class Run(BaseModel):
     parent_node_id: str | None = None
     root_run_id: str | None = None
     depth: int = 0
+    rerun_of: str | None = None
     nodes: dict[str, NodeState] = Field(default_factory=dict)
     results: JsonValue = None
     error: str | None = None
@@ -118,7 +124,11 @@ def new_run_document(
     root_run_id: str | None = None,
     depth: int = 0,
 ) -> dict[str, Any]:
-    """The document of a new, `pending` run, every node `pending`."""
+    """The document of a new, `pending` run, every node `pending`.
+
+    `created_ms` is `created_at` in integer milliseconds: the key runs are listed and paged by
+    (some MongoDB-wire servers compare datetimes to the second only)."""
+    created = utcnow()
     return {
         "_id": run_id,
         "workflow": workflow,
@@ -132,7 +142,8 @@ def new_run_document(
         "nodes": {node_id: {"status": "pending", "attempts": 0} for node_id in node_ids},
         "results": None,
         "error": None,
-        "created_at": utcnow(),
+        "created_at": created,
+        "created_ms": epoch_ms(created),
         "dispatched_at": None,  # set once the run's canvas is on the broker
         "started_at": None,
         "finished_at": None,

@@ -101,6 +101,14 @@ class WorkflowSchedule(BaseModel):
                 return slot.astimezone(UTC)
         raise OrchestratorError(f"workflow '{self.workflow}': cron {self.cron!r} yields no slot")
 
+    def upcoming(self, count: int, after: datetime) -> list[datetime]:
+        """The next `count` slots after `after`, in the schedule's time zone (for people)."""
+        slots: list[datetime] = []
+        for _ in range(count):
+            after = self.next_slot(after)
+            slots.append(after.astimezone(self.zone))
+        return slots
+
     def latest_slot(self, now: datetime) -> datetime:
         """The last slot at or before `now` (aware), in UTC."""
         slots = croniter(self.cron, now.astimezone(self.zone))

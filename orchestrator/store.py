@@ -38,6 +38,7 @@ from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
 
 Document = dict[str, Any]
+OUTPUT_HINT = ". Store large data elsewhere and pass an identifier."
 
 
 def open_store(settings: Settings) -> RunStore:
@@ -447,7 +448,7 @@ class RunStore:
 
     def _check_size(self, node_id: str, state: Document, doc_size: int) -> None:
         if state.get("output") is not None:
-            self.check_room(f"node '{node_id}' output is", {"o": state["output"]}, doc_size)
+            self.check_room(f"node '{node_id}' output is", {"o": state["output"]}, doc_size, OUTPUT_HINT)
 
     def set_node_state(self, run_id: str, node_id: str, state: Document, expected: Iterable[str]) -> bool:
         """Compare-and-set a node's sub-document; True when the node was in `expected`."""
@@ -457,7 +458,7 @@ class RunStore:
         )
         return result.modified_count == 1
 
-    def check_room(self, what: str, added: Document, doc_size: int) -> None:
+    def check_room(self, what: str, added: Document, doc_size: int, hint: str = "") -> None:
         """Refuse to add `added` to a run document of `doc_size` bytes past the size budget.
 
         Raises:
@@ -470,7 +471,7 @@ class RunStore:
             raise DocumentTooLarge(
                 f"{what} {size / 1024:.0f} KiB and the run document is already "
                 f"{doc_size / 1024:.0f} KiB: together they would pass the "
-                f"{self.max_run_doc_bytes / 1024:.0f} KiB limit (ORCH_MAX_RUN_DOC_BYTES)"
+                f"{self.max_run_doc_bytes / 1024:.0f} KiB limit (ORCH_MAX_RUN_DOC_BYTES)" + hint
             )
 
     def set_waiting(self, run_id: str, node_id: str, state: Document, wait: Document) -> bool:

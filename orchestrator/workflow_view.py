@@ -9,7 +9,6 @@ output and the workflows it calls. Every text that comes from the workflow is sh
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,9 +16,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.child_runs import called_workflows
 from orchestrator.errors import OrchestratorError
 from orchestrator.spec import NodeSpec, ScheduleSpec, WorkflowSpec
-from orchestrator.templating import contains_template
 
 PARAM_MAX = 40
 """The most characters of one param's value in the nodes table."""
@@ -56,43 +55,13 @@ def _json_block(value: Any) -> Text:
     return Text(printable(shown, keep_newlines=True))
 
 
-def _literal(value: Any) -> str | None:
-    return value if isinstance(value, str) and value and not contains_template(value) else None
-
-
-def called_workflows(spec: WorkflowSpec) -> list[str]:
-    """The workflows a workflow starts, each once, in node order: the literal `workflow` of its
-    `run_workflow` nodes and of its `parameter_loop` bodies of type `run_workflow` (a name
-    given by a template is known only when the node runs, and left out)."""
-    called: dict[str, None] = {}
-    for node in spec.nodes:
-        body = node.params.get("body")
-        if node.type == "run_workflow":
-            target = _literal(node.params.get("workflow"))
-        elif (
-            node.type == "parameter_loop" and isinstance(body, Mapping) and body.get("type") == "run_workflow"
-        ):
-            params = body.get("params")
-            target = _literal(params.get("workflow")) if isinstance(params, Mapping) else None
-        else:
-            target = None
-        if target is not None:
-            called[target] = None
-    return list(called)
-
-
 def next_firings(schedule: ScheduleSpec, count: int = FIRINGS, now: datetime | None = None) -> list[datetime]:
     """The next `count` times the schedule fires after `now` (default: now), in its time zone,
     computed as beat computes them (`orchestrator.schedules`)."""
     from orchestrator.schedules import WorkflowSchedule
 
     timing = WorkflowSchedule(workflow="-", cron=schedule.cron, timezone=schedule.timezone)
-    slot = now or datetime.now(UTC)
-    firings = []
-    for _ in range(count):
-        slot = timing.next_slot(slot)
-        firings.append(slot.astimezone(timing.zone))
-    return firings
+    return timing.upcoming(count, now or datetime.now(UTC))
 
 
 def _when(slot: datetime) -> str:

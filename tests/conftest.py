@@ -37,7 +37,7 @@ from orchestrator.embedded import (
     release_redis_db,
     stop_process,
 )
-from orchestrator.models import Run, new_run_document, new_run_id
+from orchestrator.models import Run, epoch_ms, new_run_document, new_run_id
 from orchestrator.settings import Settings
 from orchestrator.store import RunStore
 from orchestrator.urls import redact
@@ -259,5 +259,7 @@ def new_run(
     run_id = run_id or new_run_id()
     doc = new_run_document(run_id=run_id, workflow=workflow, node_ids=list(nodes), variables=variables or {},
                            trigger={"type": "api"}, **lineage)  # fmt: skip
-    store.create_run(doc | ({"created_at": created_at} if created_at else {}))
+    if created_at:
+        doc |= {"created_at": created_at, "created_ms": epoch_ms(created_at)}
+    store.create_run(doc)
     return run_id

@@ -115,7 +115,8 @@ def test_every_message_names_its_run_and_node_and_none_stays_started(
     assert run.status == "finished"
     try:
         wait_for(
-            lambda: events.settled(run.id, {"first", "second", "call", "fan"}), what="the run's tasks to settle"
+            lambda: events.settled(run.id, {"first", "second", "call", "fan"}),
+            what="the run's tasks to settle",
         )
     except AssertionError:
         print([(t.name, t.kwargs, t.state, t.uuid) for t in events.state.tasks.values()])
