@@ -36,6 +36,7 @@ class Stack:
     exports: dict[str, str]
     flower_url: str
     flower_auth: tuple[str, str]
+    ui_url: str
 
 
 def processes_of(home: Path) -> list[str]:
@@ -55,7 +56,9 @@ def processes_of(home: Path) -> list[str]:
 
 
 @contextmanager
-def standalone(home: Path, redis_port: int, mongo_port: int, flower_port: int) -> Iterator[Stack]:
+def standalone(
+    home: Path, redis_port: int, mongo_port: int, flower_port: int, ui_port: int
+) -> Iterator[Stack]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "FLOWER_"))}
     env.update(
         REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
@@ -65,7 +68,8 @@ def standalone(home: Path, redis_port: int, mongo_port: int, flower_port: int) -
     output = home.parent / f"standalone-{flower_port}.out"
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "standalone", f"--flower-port={flower_port}", "-c", "2"],
+            [sys.executable, "-m", "orchestrator", "standalone", f"--flower-port={flower_port}",
+             f"--port={ui_port}", "-c", "2"],
             env=env, cwd=home.parent, stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -78,9 +82,12 @@ def standalone(home: Path, redis_port: int, mongo_port: int, flower_port: int) -
         text = wait_for(ready, timeout=90, what="standalone to be up")
         export = re.search(r"^\s*export (.+)$", text, re.MULTILINE)
         flower = re.search(r"Flower: (http://\S+)\s+\(user (\S+), password (\S+)\)", text)
-        assert export and flower, text
+        ui = re.search(r"Runs \(web UI\): (http://\S+)", text)
+        assert export and flower and ui, text
         exports = dict(pair.split("=", 1) for pair in export.group(1).split())
-        yield Stack(process, output, exports, flower.group(1), (flower.group(2), flower.group(3)))
+        yield Stack(
+            process, output, exports, flower.group(1), (flower.group(2), flower.group(3)), ui.group(1)
+        )
     finally:
         stop_process(process, timeout=60)
 
@@ -90,7 +97,7 @@ def test_standalone_serves_other_processes_stops_cleanly_and_keeps_runs_across_a
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "home"
-    ports = (free_port(), free_port(), free_port())
+    ports = (free_port(), free_port(), free_port(), free_port())
     with standalone(home, *ports) as stack:
         assert stack.exports["REDIS_URL"] == f"redis://127.0.0.1:{ports[0]}/0"
         assert "Registered 29 example workflows" in stack.output.read_text()
@@ -106,6 +113,17 @@ def test_standalone_serves_other_processes_stops_cleanly_and_keeps_runs_across_a
             return answer.status_code == 200 and bool(answer.json())
 
         wait_for(flower_sees_the_worker, timeout=30, what="Flower to list the worker")
+
+        def ui_lists_the_run() -> bool:
+            try:
+                answer = httpx.get(
+                    f"{stack.ui_url}/api/runs", params={"workflow": "Price Summary"}, timeout=10
+                )
+            except httpx.TransportError:
+                return False  # not listening yet
+            return answer.status_code == 200 and [r["_id"] for r in answer.json()["runs"]] == [run.id]
+
+        wait_for(ui_lists_the_run, timeout=30, what="the web UI to list the run")
         stack.process.send_signal(signal.SIGTERM)
         assert stack.process.wait(timeout=90) == 0, stack.output.read_text()
     wait_for(lambda: processes_of(home) == [], timeout=10, what=f"no process left: {processes_of(home)}")

@@ -305,8 +305,6 @@ def test_cancel_stops_a_running_run(http: httpx.Client, orch: Orchestrator) -> N
 
 def test_rerun_starts_a_new_run_linked_to_the_old(http: httpx.Client, history: dict[str, str]) -> None:
     answer = http.post(f"/api/runs/{history['alpha1']}/rerun", headers=CSRF, json={})
-    if answer.status_code == 400 and answer.json()["error"] == "not yet":
-        pytest.xfail("Orchestrator.rerun is not implemented yet (orchestrator/reruns.py)")
     assert answer.status_code == 200, answer.text
     new_id = answer.json()["run_id"]
     assert new_id != history["alpha1"] and answer.json()["rerun_of"] == history["alpha1"]

@@ -50,14 +50,13 @@ def ancestors(orch: Orchestrator, run: Run) -> list[Document]:
 
 def reruns_of(orch: Orchestrator, run_id: str, limit: int = MAX_RERUNS) -> list[Document]:
     """Runs started as re-runs of `run_id`, newest first."""
-    found = orch.store.runs.find({"rerun_of": run_id}, BRIEF).sort("created_at", DESCENDING).limit(limit)
+    found = orch.store.runs.find({"rerun_of": run_id}, BRIEF).sort("created_ms", DESCENDING).limit(limit)
     return list(found)
 
 
 def lineage_of(orch: Orchestrator, tree: Run) -> Lineage:
     """The lineage of a run read with `Orchestrator.run_tree`."""
-    extra = tree.model_extra or {}
-    rerun_of = extra.get("rerun_of")
+    rerun_of = tree.rerun_of
     original = None
     if isinstance(rerun_of, str):
         original = orch.store.runs.find_one({"_id": rerun_of}, BRIEF)
@@ -65,6 +64,6 @@ def lineage_of(orch: Orchestrator, tree: Run) -> Lineage:
         tree=tree,
         ancestors=ancestors(orch, tree),
         rerun_of=original,
-        rerun_of_id=rerun_of if isinstance(rerun_of, str) else None,
+        rerun_of_id=rerun_of,
         reruns=reruns_of(orch, tree.id),
     )
