@@ -12,13 +12,14 @@ from typing import Any
 from celery import Celery
 from celery.backends.redis import RedisBackend
 
-from orchestrator.constants import NODE_LOGS
+from orchestrator.constants import NODE_LOGS, WORKFLOW_VERSIONS
 from orchestrator.errors import OrchestratorError
 from orchestrator.leases import LeaseKeeper
 from orchestrator.log_capture import NodeLogCapture
 from orchestrator.registry import NodeContext, Registry
 from orchestrator.secrets import SecretMask
 from orchestrator.settings import Settings
+from orchestrator.spec_versions import SpecCache
 from orchestrator.store import RunStore, open_store
 
 
@@ -73,6 +74,11 @@ class OrchestratorApp(Celery):  # type: ignore[misc]
     def node_log_capture(self) -> NodeLogCapture:
         """Keeps what the nodes this process runs log, in their node logs."""
         return NodeLogCapture(lambda: self.store.db[NODE_LOGS], self.secret_mask.text)
+
+    @cached_property
+    def specs(self) -> SpecCache:
+        """The workflow definitions runs started with, by digest, read once per process."""
+        return SpecCache(self.store.db[WORKFLOW_VERSIONS], self.store.workflows)
 
     @cached_property
     def leases(self) -> LeaseKeeper:

@@ -72,8 +72,10 @@ def compile_workflow(
     graph: Graph = {n.id: set(n.dependency_ids()) & kept for n in spec.nodes if n.id in kept}
     sources = [node_id for node_id, deps in graph.items() if not deps]
     final = {"output": spec.output, "final_nodes": [n.id for n in spec.final_nodes()]}
+    # The run's end reads the output and final nodes from the run's workflow version: in a
+    # chord, its signature travels in every header message, so it carries only the run id.
     end = app.signature(
-        FINALIZE_TASK, kwargs={"run_id": run_id, **final}, immutable=True, kwargsrepr=f"run {run_id}, its end"
+        FINALIZE_TASK, kwargs={"run_id": run_id}, immutable=True, kwargsrepr=f"run {run_id}, its end"
     )
     if not graph:  # every node is over: only the run's end is left
         return end

@@ -7,6 +7,7 @@ from typing import Final, Literal
 RUNS: Final = "runs"
 WORKFLOWS: Final = "workflows"
 NODE_LOGS: Final = "node_logs"
+WORKFLOW_VERSIONS: Final = "workflow_versions"
 
 RunStatus = Literal["pending", "running", "finished", "failed", "error", "cancelled"]
 NodeStatus = Literal["pending", "running", "waiting", "finished", "failed", "skipped", "cancelled"]

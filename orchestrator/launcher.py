@@ -22,6 +22,7 @@ from orchestrator.models import aware, new_run_document, new_run_id, utcnow
 from orchestrator.run_ends import tell_waiters
 from orchestrator.secrets import check_variable_names
 from orchestrator.spec import WorkflowSpec
+from orchestrator.spec_versions import spec_digest
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
@@ -98,6 +99,7 @@ def prepare_run(
         root_run_id=lineage.root_run_id if lineage else None,
         depth=lineage.depth if lineage else 0,
     )
+    doc["spec_digest"] = spec_digest(spec)  # the run's end and the reconciler read this version
     # Compiled before the insert: a bad graph leaves no document.
     canvas = compile_workflow(app, spec, run_id, app.registry.handed_types(n.type for n in spec.nodes))
     stored, created = app.store.create_run(doc)

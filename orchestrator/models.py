@@ -75,6 +75,7 @@ class Run(BaseModel):
     root_run_id: str | None = None
     depth: int = 0
     rerun_of: str | None = None
+    spec_digest: str | None = None
     nodes: dict[str, NodeState] = Field(default_factory=dict)
     results: JsonValue = None
     error: str | None = None

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("orchestrator.reconciler")
 
-_FIELDS = ("status", "workflow", "nodes", "epoch", "created_at", "dispatched_at", "started_at")
+_FIELDS = ("status", "workflow", "spec_digest", "nodes", "epoch", "created_at", "dispatched_at", "started_at")
 
 
 def reconcile(app: OrchestratorApp, now: float | None = None) -> list[str]:
@@ -89,7 +89,7 @@ def resume(app: OrchestratorApp, doc: dict[str, Any], reason: str) -> bool:
     this call did (another reconciler may have been first)."""
     run_id, name = doc["_id"], doc["workflow"]
     try:
-        spec = app.store.get_workflow(name)
+        spec = app.specs.of_run(doc)  # the version the run started with
     except WorkflowNotFound:
         return _give_up(app, run_id, f"{reason}, and workflow '{name}' was removed: it cannot go on")
     if {n.id for n in spec.nodes} != set(doc.get("nodes", {})):

@@ -18,6 +18,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.launcher import merge_variables, send_canvas
 from orchestrator.models import new_run_document, new_run_id
 from orchestrator.spec import WorkflowSpec
+from orchestrator.spec_versions import spec_digest
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
@@ -44,6 +45,7 @@ def rerun(app: OrchestratorApp, run_id: str, from_failed: bool = False, from_nod
         trigger={"type": "rerun", "run_id": run_id, **_how(from_failed, from_node)},
     )
     doc["rerun_of"] = run_id
+    doc["spec_digest"] = spec_digest(spec)
     for node_id in set(doc["nodes"]) - redo:
         doc["nodes"][node_id] = {**original["nodes"][node_id], "reused_from": run_id}
     handed = app.registry.handed_types(node.type for node in spec.nodes)

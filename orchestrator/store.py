@@ -27,6 +27,7 @@ from orchestrator.constants import (
     RUN_ACTIVE,
     RUN_OVER,
     RUNS,
+    WORKFLOW_VERSIONS,
     WORKFLOWS,
     RunStatus,
 )
@@ -36,6 +37,7 @@ from orchestrator.models import Run, utcnow
 from orchestrator.node_logs import ensure_log_indexes
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
+from orchestrator.spec_versions import save_version
 
 Document = dict[str, Any]
 OUTPUT_HINT = ". Store large data elsewhere and pass an identifier."
@@ -111,10 +113,18 @@ class RunStore:
 
     # -- workflows ------------------------------------------------------------------------
 
-    def save_workflow(self, spec: WorkflowSpec) -> None:
-        """Store (or replace) a workflow definition under its name."""
-        doc = {"_id": spec.name, "spec": spec.model_dump(mode="json"), "updated_at": utcnow()}
+    def save_workflow(self, spec: WorkflowSpec) -> str:
+        """Store (or replace) a workflow definition under its name, and keep this version
+        under its digest (`orchestrator.spec_versions`); the digest."""
+        digest = save_version(self.db[WORKFLOW_VERSIONS], spec)
+        doc = {
+            "_id": spec.name,
+            "spec": spec.model_dump(mode="json"),
+            "digest": digest,
+            "updated_at": utcnow(),
+        }
         self.workflows.replace_one({"_id": spec.name}, doc, upsert=True)
+        return digest
 
     def get_workflow(self, name: str) -> WorkflowSpec:
         """The registered workflow with that name."""

@@ -112,9 +112,11 @@ def register_tasks(app: OrchestratorApp) -> None:
     def finalize_run(
         self: Task, run_id: str, output: Any = None, final_nodes: list[str] | None = None
     ) -> str | None:
+        """The run's end after parallel work. Its output and final nodes come from the run's
+        workflow version (messages sent by earlier versions carry them)."""
         if not isinstance(run_id, str):
             raise Ignore()
-        return end_run(self.app, run_id, output, final_nodes or [])
+        return end_run(self.app, run_id, output, final_nodes)
 
     @app.task(name=JOIN_TASK, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def join() -> None:
@@ -489,15 +491,23 @@ def record_engine_fault(app: OrchestratorApp, run_id: str, task_name: str, exc: 
 def end_run(
     app: OrchestratorApp,
     run_id: str,
-    output: Any,
-    final_nodes: list[str],
+    output: Any = None,
+    final_nodes: list[str] | None = None,
 ) -> str | None:
     """The run's last step after parallel work, or after a last node that another message
-    ended: decide its status and results from its nodes, once."""
+    ended: decide its status and results from its nodes, once.
+
+    Args:
+        output, final_nodes: the workflow's; read from the run's workflow version when
+            `final_nodes` is None.
+    """
     store = app.store
     doc = store.get_run_document(run_id)
     if doc["status"] not in ("pending", "running"):
         return None
+    if final_nodes is None:
+        spec = app.specs.of_run(doc)
+        output, final_nodes = spec.output, [node.id for node in spec.final_nodes()]
     room = app.settings.max_run_doc_bytes - document_size(doc)
     status, results, error = decide_outcome(doc, output, final_nodes, room)
     ended = store.end_run(run_id, status, results=results, error=error)
