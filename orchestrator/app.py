@@ -11,13 +11,16 @@ from typing import Any
 
 from celery import Celery
 from celery.backends.redis import RedisBackend
+from celery.canvas import Signature
 
+from orchestrator.compiler import compile_workflow
 from orchestrator.constants import NODE_LOGS, WORKFLOW_VERSIONS
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, WorkflowNotFound
 from orchestrator.leases import LeaseKeeper
 from orchestrator.log_capture import NodeLogCapture
 from orchestrator.registry import NodeContext, Registry
 from orchestrator.secrets import SecretMask
+from orchestrator.segments import TailCache
 from orchestrator.settings import Settings
 from orchestrator.spec_versions import SpecCache
 from orchestrator.store import RunStore, open_store
@@ -79,6 +82,18 @@ class OrchestratorApp(Celery):  # type: ignore[misc]
     def specs(self) -> SpecCache:
         """The workflow definitions runs started with, by digest, read once per process."""
         return SpecCache(self.store.db[WORKFLOW_VERSIONS], self.store.workflows)
+
+    @cached_property
+    def chain_tails(self) -> TailCache:
+        """The canvases of the runs whose chains this process continues (`orchestrator.segments`)."""
+        return TailCache(self._whole_canvas)
+
+    def _whole_canvas(self, run_id: str, digest: str, epoch: int) -> Signature:
+        spec = self.specs.by_digest(digest)
+        if spec is None:
+            raise WorkflowNotFound(f"run {run_id}: its workflow version {digest} is not stored")
+        handed = self.registry.handed_types(node.type for node in spec.nodes)
+        return compile_workflow(self, spec, run_id, handed, epoch=epoch)
 
     @cached_property
     def leases(self) -> LeaseKeeper:

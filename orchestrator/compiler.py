@@ -26,6 +26,7 @@ from orchestrator.constants import (
     NODE_TASK_PREFIX,
     SOFT_LIMIT_GRACE_S,
 )
+from orchestrator.segments import cut
 from orchestrator.spec import NodeSpec, WorkflowSpec
 
 Graph = dict[str, set[str]]  # node id -> ids it waits for
@@ -56,6 +57,7 @@ def compile_workflow(
     handed_types: Collection[str] = frozenset(),
     epoch: int = 0,
     remaining: Collection[str] | None = None,
+    digest: str | None = None,
 ) -> Signature:
     """The whole run as one canvas: every node, and the step that ends the run.
 
@@ -66,7 +68,23 @@ def compile_workflow(
     Args:
         epoch, remaining: for the reconciler, the rest of a run sent again: the nodes that
             are not over yet (the others count as done), in messages of the run's new epoch.
+        digest: the run's workflow version: long chains are then cut in segments
+            (`orchestrator.segments`), each continued from that version.
     """
+    canvas = _compile(app, spec, run_id, handed_types, epoch, remaining)
+    if digest is not None and remaining is None:
+        cut(app, canvas, run_id, digest, epoch)
+    return canvas
+
+
+def _compile(
+    app: Celery,
+    spec: WorkflowSpec,
+    run_id: str,
+    handed_types: Collection[str],
+    epoch: int,
+    remaining: Collection[str] | None,
+) -> Signature:
     nodes = {node.id: node for node in spec.nodes}
     kept = set(nodes) if remaining is None else set(remaining)
     graph: Graph = {n.id: set(n.dependency_ids()) & kept for n in spec.nodes if n.id in kept}

@@ -33,6 +33,7 @@ NODE_ENDABLE: Final[tuple[NodeStatus, ...]] = ("running", "waiting", "pending")
 NODE_TASK_PREFIX: Final = "workers."
 FINALIZE_TASK: Final = "orchestrator.finalize_run"
 JOIN_TASK: Final = "orchestrator.join"
+CONTINUE_TASK: Final = "orchestrator.continue_chain"
 SWEEP_TASK: Final = "orchestrator.sweep_waits"
 
 ENTRY_POINT_GROUP: Final = "orchestrator.node_types"

@@ -99,9 +99,10 @@ def prepare_run(
         root_run_id=lineage.root_run_id if lineage else None,
         depth=lineage.depth if lineage else 0,
     )
-    doc["spec_digest"] = spec_digest(spec)  # the run's end and the reconciler read this version
+    digest = doc["spec_digest"] = spec_digest(spec)  # the run's end, segments, the reconciler read it
     # Compiled before the insert: a bad graph leaves no document.
-    canvas = compile_workflow(app, spec, run_id, app.registry.handed_types(n.type for n in spec.nodes))
+    handed = app.registry.handed_types(n.type for n in spec.nodes)
+    canvas = compile_workflow(app, spec, run_id, handed, digest=digest)
     stored, created = app.store.create_run(doc)
     if created:
         return run_id, canvas
@@ -195,7 +196,11 @@ def relaunch_undispatched(app: OrchestratorApp, grace_s: float = DISPATCH_GRACE_
             logger.warning("run %s of '%s' was never sent to a worker; sending it now", run_id, name)
             try:
                 handed = app.registry.handed_types(n.type for n in spec.nodes)
-                send_canvas(app, run_id, compile_workflow(app, spec, run_id, handed))
+                same = doc.get("spec_digest") == spec_digest(spec)  # its version: it may be cut
+                canvas = compile_workflow(
+                    app, spec, run_id, handed, digest=doc["spec_digest"] if same else None
+                )
+                send_canvas(app, run_id, canvas)
             except Exception as exc:  # the broker is away: the next sweep tries again
                 logger.error("run %s of '%s' could not be sent: %s", run_id, name, exc)
                 continue

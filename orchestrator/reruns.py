@@ -50,7 +50,7 @@ def rerun(app: OrchestratorApp, run_id: str, from_failed: bool = False, from_nod
         doc["nodes"][node_id] = {**original["nodes"][node_id], "reused_from": run_id}
     handed = app.registry.handed_types(node.type for node in spec.nodes)
     remaining = None if len(redo) == len(spec.nodes) else redo
-    canvas = compile_workflow(app, spec, new_id, handed, remaining=remaining)
+    canvas = compile_workflow(app, spec, new_id, handed, remaining=remaining, digest=doc["spec_digest"])
     app.store.create_run(doc)
     send_canvas(app, new_id, canvas)
     app.store.mark_dispatched([new_id])

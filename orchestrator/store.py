@@ -101,8 +101,14 @@ class RunStore:
         try:
             ensure_history_indexes(self.runs)
             ensure_log_indexes(self.db[NODE_LOGS])
+            self._version_registered_workflows()
         except PyMongoError as exc:
             raise StoreError(f"cannot create indexes on {self.db.name}.{RUNS}: {exc}") from exc
+
+    def _version_registered_workflows(self) -> None:
+        """Keep, under its digest, each workflow registered before versions were kept."""
+        for doc in self.workflows.find({"digest": {"$exists": False}}):
+            self.save_workflow(WorkflowSpec.model_validate(doc["spec"]))
 
     def ping(self) -> None:
         """Raise `StoreError` when the server does not answer."""

@@ -26,6 +26,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_i
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from orchestrator.constants import (
+    CONTINUE_TASK,
     FINALIZE_TASK,
     JOIN_TASK,
     MAX_COUNTDOWN_S,
@@ -46,6 +47,7 @@ from orchestrator.outages import service_error
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
 from orchestrator.registry import NodeContext, NodeType, Registry, Wait
 from orchestrator.run_ends import tell_waiters
+from orchestrator.segments import cut, tail_from
 from orchestrator.spec import NodeSpec
 from orchestrator.store import NodeStart
 from orchestrator.task_events import FAILED_RESULT, report_failed_node, same_reprs
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp
     from orchestrator.store import RunStore
 
+CONTINUE_RETRIES = 20  # a continuation retries this often while MongoDB does not answer
 logger = logging.getLogger("orchestrator.tasks")
 _JSON = TypeAdapter(JsonValue)
 
@@ -117,6 +120,25 @@ def register_tasks(app: OrchestratorApp) -> None:
         if not isinstance(run_id, str):
             raise Ignore()
         return end_run(self.app, run_id, output, final_nodes)
+
+    @app.task(name=CONTINUE_TASK, bind=True, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
+    def continue_chain(self: Task, run_id: str, digest: str, from_node: str, epoch: int = 0) -> None:
+        """Replace this message with the rest of its chain, from the step that starts with
+        `from_node` (`orchestrator.segments`)."""
+        if not all(isinstance(value, str) for value in (run_id, digest, from_node)):
+            raise Ignore()
+        try:
+            canvas = self.app.chain_tails.canvas(run_id, digest, epoch)
+        except Exception as exc:
+            if service_error(exc, self.app.settings) is not None and self.request.retries < CONTINUE_RETRIES:
+                delay = min(2.0**self.request.retries, OUTAGE_MAX_BACKOFF_S)
+                raise self.retry(countdown=delay, exc=exc, max_retries=None, **same_reprs(self)) from exc
+            raise
+        rest = tail_from(canvas, from_node)
+        if rest is None:  # not a canvas this version compiles to: the reconciler takes the run on
+            logger.error("run %s: no chain goes on from node '%s' in version %s", run_id, from_node, digest)
+            raise Ignore()
+        raise self.replace(cut(self.app, rest, run_id, digest, epoch))
 
     @app.task(name=JOIN_TASK, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def join() -> None:
