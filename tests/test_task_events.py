@@ -26,7 +26,7 @@ class EventLog:
         self.state = State()
         self._app = orch.app
         self._ready = threading.Event()
-        self._stop = threading.Event()
+        self._receiver: Any = None
         self._thread = threading.Thread(target=self._capture, daemon=True)
 
     def _on(self, event: dict[str, Any]) -> None:
@@ -36,13 +36,15 @@ class EventLog:
     def _capture(self) -> None:
         with self._app.connection_for_read() as connection:
             receiver = self._app.events.Receiver(connection, handlers={"*": self._on})
-            consumer = receiver.itercapture(limit=None, timeout=0.2, wakeup=False)
-            self._ready.set()
-            while not self._stop.is_set():
-                try:
-                    next(consumer)
-                except TimeoutError:
-                    continue
+            declared = receiver.on_consume_ready
+
+            def ready(*args: Any, **kwargs: Any) -> None:
+                declared(*args, **kwargs)
+                self._ready.set()  # the event queue exists: nothing sent from now on is missed
+
+            receiver.on_consume_ready = ready
+            self._receiver = receiver
+            receiver.capture(limit=None, timeout=None, wakeup=False)  # until `should_stop`
 
     def __enter__(self) -> EventLog:
         self._thread.start()
@@ -50,7 +52,8 @@ class EventLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
+        if self._receiver is not None:
+            self._receiver.should_stop = True
         self._thread.join(5)
 
     def tasks_of(self, run_id: str) -> list[Any]:
