@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench faults clean
+.PHONY: install demo test lint format bench bench-peers faults clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/run_workflow.py
+
+# Prefect 3 (installed into bench/peers/.venv-prefect on first run) beside us on the same
+# three measures as bench/run_workflow.py: about 7 min.
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers/prefect.py
 
 # Long fault runs (worker kills, broker and store outages, a burst, cancels): about 15 min.
 faults: $(STAMP)
