@@ -40,6 +40,8 @@ from orchestrator.spec import WorkflowSpec
 from orchestrator.spec_versions import save_version
 
 Document = dict[str, Any]
+LINEAGE = {"_id": 1, "status": 1, "workflow": 1, "parent_run_id": 1, "parent_node_id": 1, "trigger": 1}
+"""What the end of a run returns: enough to tell whoever waits for it (`run_ends`)."""
 OUTPUT_HINT = ". Store large data elsewhere and pass an identifier."
 
 
@@ -410,7 +412,7 @@ class RunStore:
             run_was: as for `end_node`: a pending run is started (and ended) by this update.
 
         Returns:
-            The document after, or None when the node was over already or the run was
+            The run's `LINEAGE` after, or None when the node was over already or the run was
             (cancelled meanwhile, say): nothing was written then.
 
         Raises:
@@ -422,7 +424,9 @@ class RunStore:
         for where, update in ends:
             update["$set"].update(ending)
             update["$currentDate"] = {**update.get("$currentDate", {}), "finished_at": True}
-            after = self.runs.find_one_and_update(where, update, return_document=ReturnDocument.AFTER)
+            after = self.runs.find_one_and_update(
+                where, update, projection=LINEAGE, return_document=ReturnDocument.AFTER
+            )
             if after is not None:
                 return after
         return None
@@ -590,13 +594,14 @@ class RunStore:
         error: str | None = None,
         from_statuses: Iterable[str] = RUN_ACTIVE,
     ) -> Document | None:
-        """Move a run to a final status, once; the document after, or None if it was over."""
+        """Move a run to a final status, once; its `LINEAGE` after, or None if it was over."""
         return self.runs.find_one_and_update(
             {"_id": run_id, "status": {"$in": list(from_statuses)}},
             {
                 "$set": {"status": status, "results": results, "error": error},
                 "$currentDate": {"finished_at": True},
             },
+            projection=LINEAGE,
             return_document=ReturnDocument.AFTER,
         )
 

@@ -44,8 +44,11 @@ def test_the_last_node_and_the_run_end_in_one_update_once(store: RunStore) -> No
     assert store.start_node(run_id, "a", NodeStart(1)) is not None
     state = node_state(status="finished", output={"n": 1}, attempts=1)
     ended = store.end_last_node(run_id, "a", state, "finished", results={"a": {"n": 1}})
-    assert ended is not None and ended["status"] == "finished" and ended["finished_at"] is not None
-    assert ended["nodes"]["a"]["output"] == {"n": 1} and ended["results"] == {"a": {"n": 1}}
+    assert ended == {"_id": run_id, "status": "finished", "workflow": "W", "parent_run_id": None,
+                     "parent_node_id": None, "trigger": {"type": "api"}}  # fmt: skip
+    run = store.get_run(run_id)
+    assert run.finished_at is not None
+    assert run.nodes["a"].output == {"n": 1} and run.results == {"a": {"n": 1}}
     assert store.end_last_node(run_id, "a", state, "failed", error="a redelivery") is None
     assert store.get_run(run_id).status == "finished"
 
