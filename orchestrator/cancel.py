@@ -49,4 +49,5 @@ def stop_nodes(app: OrchestratorApp, doc: dict[str, Any]) -> None:
             attempts=state.get("attempts", 1),
             started_at=state.get("started_at"),
         )
-        app.store.set_node_state(doc["_id"], node_id, ended, [status])
+        if app.store.set_node_state(doc["_id"], node_id, ended, [status]) and status == "waiting":
+            app.store.wait_records.close(doc["_id"], node_id)

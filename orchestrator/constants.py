@@ -8,6 +8,7 @@ RUNS: Final = "runs"
 WORKFLOWS: Final = "workflows"
 NODE_LOGS: Final = "node_logs"
 WORKFLOW_VERSIONS: Final = "workflow_versions"
+WAITS: Final = "waits"
 
 RunStatus = Literal["pending", "running", "finished", "failed", "error", "cancelled"]
 NodeStatus = Literal["pending", "running", "waiting", "finished", "failed", "skipped", "cancelled"]

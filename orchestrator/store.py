@@ -27,6 +27,7 @@ from orchestrator.constants import (
     RUN_ACTIVE,
     RUN_OVER,
     RUNS,
+    WAITS,
     WORKFLOW_VERSIONS,
     WORKFLOWS,
     RunStatus,
@@ -38,6 +39,7 @@ from orchestrator.node_logs import ensure_log_indexes
 from orchestrator.settings import Settings
 from orchestrator.spec import WorkflowSpec
 from orchestrator.spec_versions import save_version
+from orchestrator.wait_records import WaitRecords
 
 Document = dict[str, Any]
 LINEAGE = {"_id": 1, "status": 1, "workflow": 1, "parent_run_id": 1, "parent_node_id": 1, "trigger": 1}
@@ -94,6 +96,7 @@ class RunStore:
         self.runs: Collection[Document] = db[RUNS]
         self.workflows: Collection[Document] = db[WORKFLOWS]
         self.max_run_doc_bytes = max_run_doc_bytes
+        self.wait_records = WaitRecords(db[WAITS], max_run_doc_bytes)
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -103,6 +106,7 @@ class RunStore:
         try:
             ensure_history_indexes(self.runs)
             ensure_log_indexes(self.db[NODE_LOGS])
+            self.wait_records.ensure_indexes()
             self._version_registered_workflows()
         except PyMongoError as exc:
             raise StoreError(f"cannot create indexes on {self.db.name}.{RUNS}: {exc}") from exc
@@ -495,94 +499,23 @@ class RunStore:
             )
 
     def set_waiting(self, run_id: str, node_id: str, state: Document, wait: Document) -> bool:
-        """Move a running node to `waiting`, recording what it waits for under `waits.<node>`.
-
-        The wait record stays outside the node's sub-document so that the node's status
-        stays a shallow field that every server filters on correctly.
-        """
+        """Move a running node to `waiting`, its wait record kept in `waits`
+        (`orchestrator.wait_records`); False when the node was not running any more."""
+        self.wait_records.put(run_id, node_id, wait)
         result = self.runs.update_one(
-            {"_id": run_id, f"nodes.{node_id}.status": "running"},
-            {"$set": {f"nodes.{node_id}": state, f"waits.{node_id}": wait}},
+            {"_id": run_id, f"nodes.{node_id}.status": "running"}, {"$set": {f"nodes.{node_id}": state}}
         )
         return result.modified_count == 1
-
-    def pass_wait_token(
-        self, run_id: str, node_id: str, held: str | None, new: str, next_poll_at: float
-    ) -> bool:
-        """Hand a waiting node's poll token from the message holding it to the next one.
-
-        False when `held` is not the current token (a wake-up or sweep superseded it).
-        """
-        result = self.runs.update_one(
-            {"_id": run_id, f"nodes.{node_id}.status": "waiting", f"waits.{node_id}.token": held},
-            {
-                "$set": {
-                    f"waits.{node_id}.token": new,
-                    f"waits.{node_id}.woken": False,
-                    f"waits.{node_id}.next_poll_at": next_poll_at,
-                }
-            },
-        )
-        return result.modified_count == 1
-
-    def take_wait_token(
-        self, run_id: str, node_id: str, token: str, overdue_before: float | None = None
-    ) -> Document | None:
-        """Give a waiting node's poll token to a wake-up message; the run document, or None.
-
-        Without `overdue_before`, only when no wake-up is in flight already; with it, only
-        when the node's next poll was due before that time (epoch seconds).
-        """
-        query: Document = {
-            "_id": run_id,
-            "status": {"$in": list(RUN_ACTIVE)},
-            f"nodes.{node_id}.status": "waiting",
-        }
-        if overdue_before is None:
-            query[f"waits.{node_id}.woken"] = False
-        else:
-            query[f"waits.{node_id}.next_poll_at"] = {"$lt": overdue_before}
-        return self.runs.find_one_and_update(
-            query,
-            {"$set": {f"waits.{node_id}.token": token, f"waits.{node_id}.woken": True}},
-            return_document=ReturnDocument.AFTER,
-        )
-
-    def take_over_wait(
-        self, run_id: str, node_id: str, epoch: int, resend: Document, token: str
-    ) -> Document | None:
-        """Give a waiting node's wait to a message of the run's epoch `epoch` (its re-send
-        signature and poll token); the wait record after, or None when the wait is not one of
-        an older epoch any more."""
-        doc = self.runs.find_one_and_update(
-            {
-                "_id": run_id,
-                f"nodes.{node_id}.status": "waiting",
-                f"waits.{node_id}.epoch": {"$ne": epoch},
-                **epoch_filter(epoch),
-            },
-            {
-                "$set": {
-                    f"waits.{node_id}.resend": resend,
-                    f"waits.{node_id}.token": token,
-                    f"waits.{node_id}.woken": False,
-                    f"waits.{node_id}.epoch": epoch,
-                }
-            },
-            return_document=ReturnDocument.AFTER,
-        )
-        return None if doc is None else dict(doc["waits"][node_id])
 
     def overdue_waits(self, before: float) -> Iterator[tuple[str, str]]:
-        """`(run_id, node_id)` of waiting nodes whose next poll was due before `before`."""
-        cursor = self.runs.find(
-            {"status": {"$in": list(RUN_ACTIVE)}, "waits": {"$exists": True}}, {"nodes": 1, "waits": 1}
-        )
-        for doc in cursor:
-            for node_id, wait in (doc.get("waits") or {}).items():
-                state = doc.get("nodes", {}).get(node_id, {})
-                if state.get("status") == "waiting" and float(wait.get("next_poll_at") or 0) < before:
-                    yield doc["_id"], node_id
+        """`(run_id, node_id)` of waiting nodes whose next poll was due before `before`; a
+        record whose node no longer waits (its run was cancelled, say) is closed instead."""
+        for run_id, node_id in self.wait_records.overdue(before):
+            still = {"_id": run_id, "status": {"$in": list(RUN_ACTIVE)}, f"nodes.{node_id}.status": "waiting"}
+            if self.runs.count_documents(still, limit=1):
+                yield run_id, node_id
+            else:
+                self.wait_records.close(run_id, node_id)
 
     # -- runs: status ---------------------------------------------------------------------
 

@@ -308,7 +308,7 @@ def run_node(
         with task.app.leases.holding(run_id, spec.id, attempt), capture.capturing(run_id, spec.id, attempt):
             output = _call(node_type, spec, context)
         if isinstance(output, Wait):
-            waiting = wait_record(task, context, output, document_size(before))
+            waiting = wait_record(task, context, output)
         else:
             state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
             return record(state, doc_size=document_size(before))
@@ -433,7 +433,10 @@ def _not_started(
     state = doc["nodes"][spec.id]
     if state["status"] == "waiting":
         context = _context(task, spec, doc, state.get("attempts", 1))
-        wait = doc["waits"][spec.id]
+        wait = task.app.store.wait_records.get(run_id, spec.id)
+        if wait is None:  # a run of an earlier version, whose records were in its document
+            logger.error("run %s node %s waits, but its wait record is not stored", run_id, spec.id)
+            raise Ignore()
         if wait.get("epoch", 0) != message.epoch:  # the run was sent again: this message takes over
             wait, token = take_over_wait(task, spec, context, message.epoch)
         return poll(task, node_type, spec, context, state, wait, held_token=token)

@@ -7,7 +7,7 @@ instead of a poll interval.
 
 Two compare-and-sets keep this exact:
 
-* **One live poll.** The wait record (`waits.<node>`) holds the token of the one message that
+* **One live poll.** The wait record (`orchestrator.wait_records`) holds the token of the one message that
   may poll. A poll first passes the token on to the message it will send next; a wake-up
   replaces it. A message whose token is no longer current stops (`Ignore`), so wake-ups never
   multiply the messages in flight. At most one wake-up is in flight (`woken`).
@@ -47,12 +47,12 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
-def wait_record(task: Task, context: NodeContext, wait: Wait, doc_size: int = 0) -> dict[str, Any]:
-    """What a waiting node keeps under `waits.<node>`: what it waits for, how long, and what a
+def wait_record(task: Task, context: NodeContext, wait: Wait) -> dict[str, Any]:
+    """What a waiting node keeps in its wait record: what it waits for, how long, and what a
     wake-up needs to re-send its message.
 
     Raises:
-        DocumentTooLarge: the record would not fit in the run document (`doc_size` bytes now).
+        DocumentTooLarge: the record would pass the size budget.
     """
     started = utcnow()
     record = {
@@ -67,7 +67,7 @@ def wait_record(task: Task, context: NodeContext, wait: Wait, doc_size: int = 0)
         "next_poll_at": time.time(),
         "epoch": task.request.kwargs.get("epoch", 0),
     }
-    context.store.check_room(f"node '{context.node_id}' would wait with a record of", {"w": record}, doc_size)
+    context.store.wait_records.check_size(context.node_id, record)
     return record
 
 
@@ -107,7 +107,7 @@ def poll(
     countdown = max(min(interval, (deadline - utcnow()).total_seconds(), MAX_COUNTDOWN_S), 0.01)
     next_token = new_token()
     # Pass the token on before looking: a run that ends from now on wakes the next message.
-    if not context.store.pass_wait_token(
+    if not context.store.wait_records.pass_token(
         context.run_id, spec.id, held_token, next_token, time.time() + countdown
     ):
         raise Ignore()
@@ -136,7 +136,7 @@ def take_over_wait(
         Ignore: another message of this epoch took the wait over first.
     """
     token = new_token()
-    wait = context.store.take_over_wait(
+    wait = context.store.wait_records.take_over(
         context.run_id, spec.id, epoch, dict(task.signature_from_request().set(**same_reprs(task))), token
     )
     if wait is None:
@@ -157,6 +157,7 @@ def _claim(
     end["claim_token"] = task.request.kwargs.get("token")
     if not context.store.set_node_state(context.run_id, spec.id, end, ["waiting"]):
         raise Ignore()
+    context.store.wait_records.close(context.run_id, spec.id)
 
 
 def after_claim(token: str | None, state: dict[str, Any]) -> bool:
@@ -184,10 +185,10 @@ def wake(app: OrchestratorApp, run_id: str, node_id: str, overdue_before: float 
             sweeper's case: its message was lost), even if a wake-up seems in flight.
     """
     token = new_token()
-    parent = app.store.take_wait_token(run_id, node_id, token, overdue_before)
-    if parent is None:
+    record = app.store.wait_records.take_token(run_id, node_id, token, overdue_before)
+    if record is None:
         return False
-    resend = app.signature(parent["waits"][node_id]["resend"])
+    resend = app.signature(record["resend"])
     resend.kwargs = {**resend.kwargs, "token": token}
     resend.apply_async()
     return True

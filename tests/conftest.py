@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator import Orchestrator
-from orchestrator.constants import NODE_LOGS
+from orchestrator.constants import NODE_LOGS, WAITS
 from orchestrator.embedded import (
     claim_empty_redis_db,
     mongo_answers,
@@ -204,6 +204,7 @@ def clean_store(request: pytest.FixtureRequest) -> None:
         orch.store.workflows.delete_many({})
         orch.store.db["test_counts"].delete_many({})
         orch.store.db[NODE_LOGS].delete_many({})
+        orch.store.db[WAITS].delete_many({})
 
 
 def wait_for(check: Callable[[], T | None], timeout: float = 20, what: str = "condition") -> T:

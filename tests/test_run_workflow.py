@@ -193,7 +193,7 @@ def test_wake_and_poll_together_continue_the_parent_once(orch: Orchestrator) -> 
     finished: list[Run] = [orch.wait(run_id, timeout=60) for run_id in runs]
     for parent in finished:
         # extra wake-ups for a node already claimed must not continue the chain
-        wait = orch.store.get_run_document(parent.id)["waits"]["child"]
+        wait = not_none(orch.store.wait_records.get(parent.id, "child"))
         orch.app.signature(wait["resend"]).clone(kwargs={"token": "late"}).apply_async()
     marker = orch.register(workflow("Marker", {"id": "m", "type": "sleep", "params": {"seconds": 0.5}}))
     orch.run(marker.name, timeout=30)
@@ -226,9 +226,8 @@ def test_a_lost_poll_and_wake_up_are_recovered_by_the_sweeper(orch: Orchestrator
     parent_id = orch.trigger("Parent")
     wait_for(lambda: orch.get_run(parent_id).nodes["child"].status == "waiting", what="the wait")
     # as if the worker holding the poll message died and the wake-up message was lost
-    orch.store.runs.update_one(
-        {"_id": parent_id},
-        {"$set": {"waits.child.token": "lost", "waits.child.woken": True, "waits.child.next_poll_at": 0.0}},
+    orch.store.wait_records.waits.update_one(
+        {"_id": f"{parent_id}/child"}, {"$set": {"token": "lost", "woken": True, "next_poll_at": 0.0}}
     )
     orch.wait(f"{parent_id}.child", timeout=30)
     assert orch.get_run(parent_id).nodes["child"].status == "waiting"  # nothing else will wake it

@@ -11,7 +11,7 @@ from orchestrator import Orchestrator
 from orchestrator.errors import DocumentTooLarge, RunNotFound, WorkflowNotFound
 from orchestrator.models import new_run_document, new_run_id, node_state
 from orchestrator.store import NodeStart, RunStore
-from tests.conftest import new_run
+from tests.conftest import new_run, not_none
 
 
 @pytest.fixture
@@ -160,12 +160,31 @@ def test_output_that_would_pass_the_size_limit_is_refused(store: RunStore) -> No
 
 def test_a_wait_record_past_the_budget_is_refused(store: RunStore) -> None:
     small = RunStore(store.db, max_run_doc_bytes=16 * 1024)
-    run_id = new_run(small)
-    small.start_node(run_id, "a", NodeStart(1))
-    record = {"data": {"x": "x" * 20000}}
-    with pytest.raises(DocumentTooLarge, match="node 'a' would wait with a record of 20 KiB"):
-        small.check_room("node 'a' would wait with a record of", record, doc_size=500)
-    small.check_room("node 'a' would wait with a record of", {"data": {}}, doc_size=500)
+    with pytest.raises(
+        DocumentTooLarge, match="node 'a' would wait with a record of 20 KiB, past the 16 KiB"
+    ):
+        small.wait_records.check_size("a", {"data": {"x": "x" * 20000}})
+    small.wait_records.check_size("a", {"data": {}})
+
+
+def test_wait_records_live_out_of_the_run_and_pass_their_token_once(store: RunStore) -> None:
+    run_id = new_run(store)
+    store.start_node(run_id, "a", NodeStart(1))
+    waiting = node_state(status="waiting", attempts=1, finished_at=None)
+    assert store.set_waiting(
+        run_id, "a", waiting, {"run_id": "child", "token": "t1", "woken": False, "epoch": 0}
+    )
+    assert "waits" not in store.get_run_document(run_id)
+    records = store.wait_records
+    assert records.pass_token(run_id, "a", "t1", "t2", 0.0)
+    assert not records.pass_token(run_id, "a", "t1", "t3", 0.0)  # a superseded message
+    assert not_none(records.get(run_id, "a"))["run_id"] == "child"  # the run awaited, kept as given
+    assert records.take_token(run_id, "a", "w1") is not None
+    assert records.take_token(run_id, "a", "w2") is None  # a wake-up is in flight
+    assert list(store.overdue_waits(1.0)) == [(run_id, "a")]
+    store.set_node_state(run_id, "a", node_state(status="finished"), ["waiting"])
+    assert list(store.overdue_waits(1.0)) == []  # the node no longer waits: its record is closed
+    assert not_none(records.get(run_id, "a"))["over"]  # (nx-27017 gives booleans set by $set back as 1)
 
 
 def test_cancel_cascades_to_active_descendants_only(store: RunStore) -> None:
