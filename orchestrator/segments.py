@@ -66,8 +66,11 @@ def cut(
     if len(steps) > size:
         key = first_node(steps[size - 1])
         if key is not None:
-            steps[size - 2].kwargs.pop("hand_on", None)  # the next node reads the run itself
-            steps = [*steps[: size - 1], continuation(app, run_id, digest, key, epoch)]
+            # The node before hands its snapshot on to the continuation, which passes it to
+            # the rest's first node (`hand_over`) when that one takes it.
+            follow = continuation(app, run_id, digest, key, epoch)
+            follow.set_immutable(not steps[size - 2].kwargs.get("hand_on"))
+            steps = [*steps[: size - 1], follow]
             sig.tasks = steps
     for step in steps:
         cut(app, step, run_id, digest, epoch, size)
@@ -90,14 +93,25 @@ def tail_from(canvas: Signature, from_node: str) -> Signature | None:
     for index, step in enumerate(steps):
         if index and first_node(step) == from_node:
             rest = [s.clone() for s in steps[index:]]
-            if not isinstance(rest[0], _chain | group | chord):
-                rest[0].set_immutable(True)  # no snapshot crosses a continuation
-                rest[0].set(argsrepr="()")
             return rest[0] if len(rest) == 1 else _chain(*rest)
         found = tail_from(step, from_node)
         if found is not None:
             return found
     return None
+
+
+def hand_over(rest: Signature, previous: object) -> Signature:
+    """The rest of a chain, its first node given the snapshot the node before the
+    continuation handed on (`previous`) when it takes one, else nothing."""
+    first = rest.tasks[0] if isinstance(rest, _chain) else rest
+    if isinstance(first, _chain | group | chord):
+        return rest
+    if not first.immutable and isinstance(previous, str):
+        first.args = (previous,)
+    else:
+        first.set(argsrepr="()")
+    first.set_immutable(True)  # its argument is set here: nothing is appended by the chain
+    return rest
 
 
 class TailCache:

@@ -47,7 +47,7 @@ from orchestrator.outages import service_error
 from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
 from orchestrator.registry import NodeContext, NodeType, Registry, Wait
 from orchestrator.run_ends import tell_waiters
-from orchestrator.segments import cut, tail_from
+from orchestrator.segments import cut, hand_over, tail_from
 from orchestrator.spec import NodeSpec
 from orchestrator.store import NodeStart
 from orchestrator.task_events import FAILED_RESULT, report_failed_node, same_reprs
@@ -122,7 +122,9 @@ def register_tasks(app: OrchestratorApp) -> None:
         return end_run(self.app, run_id, output, final_nodes)
 
     @app.task(name=CONTINUE_TASK, bind=True, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
-    def continue_chain(self: Task, run_id: str, digest: str, from_node: str, epoch: int = 0) -> None:
+    def continue_chain(
+        self: Task, previous: Any = None, *, run_id: str, digest: str, from_node: str, epoch: int = 0
+    ) -> None:
         """Replace this message with the rest of its chain, from the step that starts with
         `from_node` (`orchestrator.segments`)."""
         if not all(isinstance(value, str) for value in (run_id, digest, from_node)):
@@ -138,7 +140,7 @@ def register_tasks(app: OrchestratorApp) -> None:
         if rest is None:  # not a canvas this version compiles to: the reconciler takes the run on
             logger.error("run %s: no chain goes on from node '%s' in version %s", run_id, from_node, digest)
             raise Ignore()
-        raise self.replace(cut(self.app, rest, run_id, digest, epoch))
+        raise self.replace(cut(self.app, hand_over(rest, previous), run_id, digest, epoch))
 
     @app.task(name=JOIN_TASK, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
     def join() -> None:

@@ -12,9 +12,9 @@ from celery.canvas import Signature, _chain
 from orchestrator import Orchestrator
 from orchestrator.compiler import compile_workflow
 from orchestrator.constants import CONTINUE_TASK
-from orchestrator.segments import SEGMENT_NODES, tail_from
+from orchestrator.segments import SEGMENT_NODES, hand_over, tail_from
 from orchestrator.spec import parse_workflow
-from tests.conftest import workflow
+from tests.conftest import as_dict, workflow
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,12 +49,14 @@ def test_a_long_line_compiles_to_a_segment_ending_with_its_continuation(orch: Or
     last = canvas.tasks[-1]
     assert last.task == CONTINUE_TASK
     assert last.kwargs == {"run_id": "r1", "digest": "d1", "from_node": f"n{SEGMENT_NODES - 1:03d}"}
-    assert "hand_on" not in canvas.tasks[-2].kwargs
+    assert canvas.tasks[-2].kwargs["hand_on"] and not last.immutable  # the snapshot goes on through it
     whole = compile_workflow(orch.app, spec, "r1", frozenset({"set"}))
     rest = tail_from(whole, f"n{SEGMENT_NODES - 1:03d}")
     assert isinstance(rest, _chain) and len(rest.tasks) == 100 - SEGMENT_NODES + 1
-    assert rest.tasks[0].immutable
-    assert len(whole.tasks) == 100  # the cached whole canvas is left as it was
+    handed = hand_over(rest, '{"_id": "r1"}')
+    assert isinstance(handed, _chain) and handed.tasks[0].args == ('{"_id": "r1"}',)
+    assert handed.tasks[0].immutable
+    assert len(whole.tasks) == 100 and not whole.tasks[SEGMENT_NODES - 1].args  # the cached canvas is intact
 
 
 def test_chains_inside_groups_and_chord_bodies_are_cut_too(orch: Orchestrator) -> None:
@@ -112,3 +114,12 @@ def test_a_long_branch_inside_a_fan_in_finishes_the_run(orch: Orchestrator) -> N
     run = orch.run("Fan", timeout=90)
     assert run.status == "finished", run.error
     assert run.results == 39
+
+
+@pytest.mark.usefixtures("worker")
+def test_the_snapshot_crosses_a_continuation_so_the_next_node_reads_nothing(orch: Orchestrator) -> None:
+    orch.register(line("Peeks", SEGMENT_NODES + 3, "peek"))
+    run = orch.run("Peeks", timeout=60)
+    assert run.status == "finished", run.error
+    handed = [as_dict(run.nodes[f"n{i:03d}"].output)["handed_on"] for i in range(SEGMENT_NODES + 3)]
+    assert handed == [False] + [True] * (SEGMENT_NODES + 2)  # only the first node read the run
