@@ -32,6 +32,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/run_workflow.py
+	$(BIN)/python bench/scale.py
 
 # Prefect 3 (installed into bench/peers/.venv-prefect on first run) beside us on the same
 # three measures as bench/run_workflow.py: about 7 min.
