@@ -113,6 +113,16 @@ def mongo_version(orch: Orchestrator) -> str:
         return f"? ({type(exc).__name__})"
 
 
+def queue_app(found: Services, prefix: str = "bench") -> tuple[str, OrchestratorApp, Orchestrator]:
+    """A queue of the benchmark's own, an app on `found` that sends to it (set before anything
+    is sent, so that only the benchmark's worker takes its tasks), and an `Orchestrator` on it."""
+    queue = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    settings = Settings().model_copy(update={"redis_url": found.redis_url, "mongo_url": found.mongo_url})
+    app = create_app(settings)
+    app.conf.task_default_queue = queue
+    return queue, app, Orchestrator(app=app)
+
+
 # -- the worker -----------------------------------------------------------------------------
 
 
@@ -326,12 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_benchmark(args: argparse.Namespace, home: Path) -> None:
     """Start what is needed, measure both, print the table, clean up."""
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
     with services(home) as found:
-        settings = Settings().model_copy(update={"redis_url": found.redis_url, "mongo_url": found.mongo_url})
-        app = create_app(settings)
-        app.conf.task_default_queue = queue  # before anything is sent: the worker's queue only
-        orch = Orchestrator(app=app)
+        queue, app, orch = queue_app(found)
         name = f"bench_line_{args.nodes}_{queue[6:]}"
         impure_name = f"bench_sleep_line_{args.nodes}_{queue[6:]}"
         try:

@@ -49,7 +49,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,6 +65,7 @@ from bench.engine import (  # noqa: E402
     NOOP_TASK,
     _aware,
     mongo_version,
+    queue_app,
     redis_version,
     services,
     worker,
@@ -81,9 +81,7 @@ from orchestrator.api import Orchestrator  # noqa: E402
 from orchestrator.app import OrchestratorApp  # noqa: E402
 from orchestrator.child_runs import child_run_id  # noqa: E402
 from orchestrator.constants import RUN_OVER  # noqa: E402
-from orchestrator.factory import create_app  # noqa: E402
 from orchestrator.models import Run  # noqa: E402
-from orchestrator.settings import Settings  # noqa: E402
 
 STAMP_TASK = "bench.stamp"
 POLL_S = 0.002  # how often a raw task's result is looked for
@@ -161,13 +159,13 @@ def register_workflows(orch: Orchestrator, names: Names, width: int) -> None:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _ts(value: datetime | None) -> float:
+def timestamp(value: datetime | None) -> float:
     if value is None:
         raise RuntimeError("a timestamp the benchmark needs is missing from the run document")
     return _aware(value).timestamp()
 
 
-def _finished(orch: Orchestrator, run_id: str, timeout: float) -> Run:
+def finished_run(orch: Orchestrator, run_id: str, timeout: float) -> Run:
     run = orch.wait(run_id, timeout=timeout)
     if run.status != "finished":
         raise RuntimeError(f"run {run_id} ({run.workflow}) ended {run.status}: {run.error}")
@@ -188,7 +186,7 @@ def _date_done(result: Any) -> float:
     done = result.date_done
     if isinstance(done, str):
         done = datetime.fromisoformat(done)
-    return _ts(done)
+    return timestamp(done)
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -226,19 +224,19 @@ def api_start(orch: Orchestrator, name: str, timeout: float) -> tuple[float, flo
     before = time.time()
     run_id = orch.trigger(name)
     returned = time.time()
-    run = _finished(orch, run_id, timeout)
-    node_start = _ts(run.nodes["n"].started_at)
-    return node_start - before, returned - before, node_start - _ts(run.created_at)
+    run = finished_run(orch, run_id, timeout)
+    node_start = timestamp(run.nodes["n"].started_at)
+    return node_start - before, returned - before, node_start - timestamp(run.created_at)
 
 
 def ff_start(orch: Orchestrator, name: str, timeout: float) -> tuple[float, float]:
     """Parent node finished_at -> child node start, and child created_at -> child node start."""
-    parent = _finished(orch, orch.trigger(name), timeout)
+    parent = finished_run(orch, orch.trigger(name), timeout)
     node = parent.nodes["go"]
     output: Any = node.output
-    child = _finished(orch, str(output["run_id"]), timeout)
-    child_start = _ts(child.nodes["n"].started_at)
-    return child_start - _ts(node.finished_at), child_start - _ts(child.created_at)
+    child = finished_run(orch, str(output["run_id"]), timeout)
+    child_start = timestamp(child.nodes["n"].started_at)
+    return child_start - timestamp(node.finished_at), child_start - timestamp(child.created_at)
 
 
 def measure_triggers(
@@ -274,19 +272,19 @@ class WaitSample:
 
 def measure_wait(orch: Orchestrator, names: Names, timeout: float) -> WaitSample:
     """One parent waiting on a 2 s child."""
-    parent = _finished(orch, orch.trigger(names.waiter), timeout)
+    parent = finished_run(orch, orch.trigger(names.waiter), timeout)
     node = parent.nodes["w"]
     output: Any = node.output
     if output.get("targetStatus") != "finished":
         raise RuntimeError(f"run {parent.id}: the wait ended {output}")
     child = orch.get_run(str(output["run_id"]))
-    child_end = _ts(child.finished_at)
+    child_end = timestamp(child.finished_at)
     return WaitSample(
-        node_wait=_ts(node.finished_at) - _ts(node.started_at),
+        node_wait=timestamp(node.finished_at) - timestamp(node.started_at),
         elapsed=float(output["elapsed_s"]),
-        child_from_created=child_end - _ts(child.created_at),
-        child_from_started=child_end - _ts(child.started_at),
-        wake=_ts(node.finished_at) - child_end,
+        child_from_created=child_end - timestamp(child.created_at),
+        child_from_started=child_end - timestamp(child.started_at),
+        wake=timestamp(node.finished_at) - child_end,
     )
 
 
@@ -347,8 +345,8 @@ def engine_fan(orch: Orchestrator, name: str, parents: int, width: int, timeout:
     if failed:
         raise RuntimeError(f"fan-out: {len(failed)} children did not finish, e.g. {failed[0]}")
     for parent_id in parent_ids:
-        _finished(orch, parent_id, timeout)
-    return FanSample(max(_ts(d["finished_at"]) for d in docs) - before, observed, tuple(parent_ids))
+        finished_run(orch, parent_id, timeout)
+    return FanSample(max(timestamp(d["finished_at"]) for d in docs) - before, observed, tuple(parent_ids))
 
 
 def store_time_per_child(orch: Orchestrator, parent_id: str, target: str) -> float:
@@ -497,12 +495,8 @@ def measure_all(orch: Orchestrator, names: Names, args: argparse.Namespace) -> N
 
 def run_benchmark(args: argparse.Namespace, home: Path) -> None:
     """Start what is needed, measure, print, clean up."""
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
     with services(home) as found:
-        settings = Settings().model_copy(update={"redis_url": found.redis_url, "mongo_url": found.mongo_url})
-        app = create_app(settings)
-        app.conf.task_default_queue = queue  # before anything is sent: the worker's queue only
-        orch = Orchestrator(app=app)
+        queue, app, orch = queue_app(found)
         names = Names.for_tag(queue[6:])
         try:
             print(f"Redis:   {found.redis_url}  (redis-server {redis_version(found.redis_url)}; "

@@ -76,6 +76,7 @@ from bench.engine import (  # noqa: E402
     Services,
     line_workflow,
     mongo_version,
+    queue_app,
     redis_version,
     services,
     worker,
@@ -87,8 +88,6 @@ from orchestrator.app import OrchestratorApp  # noqa: E402
 from orchestrator.child_runs import child_run_id  # noqa: E402
 from orchestrator.constants import NODE_OVER, RUN_OVER  # noqa: E402
 from orchestrator.errors import WaitTimeout  # noqa: E402
-from orchestrator.factory import create_app  # noqa: E402
-from orchestrator.settings import Settings  # noqa: E402
 
 SHAPES = ("line", "fanout", "ff", "wait", "loop")
 DEFAULT_NS = (10, 100, 1000)
@@ -186,13 +185,7 @@ class Bench:
 
     def _start_lane(self) -> Lane:
         self.lanes += 1
-        queue = f"scale-{uuid.uuid4().hex[:8]}"
-        settings = Settings().model_copy(
-            update={"redis_url": self.found.redis_url, "mongo_url": self.found.mongo_url}
-        )
-        app = create_app(settings)
-        app.conf.task_default_queue = queue  # before anything is sent: the worker's queue only
-        orch = Orchestrator(app=app)
+        queue, app, orch = queue_app(self.found, prefix="scale")
         stack = contextlib.ExitStack()
         log = self.home / f"worker-{self.lanes}.log"
         hostname = stack.enter_context(

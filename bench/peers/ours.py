@@ -20,59 +20,41 @@ figures of their own, and times what the Prefect side times, from the run docume
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.engine import services, worker
+from bench.engine import queue_app, services, worker
 from bench.peers.report import Figures
-from bench.run_workflow import CHILD_SLEEP_S, Names, engine_fan, register_workflows
+from bench.run_workflow import CHILD_SLEEP_S, Names, engine_fan, finished_run, register_workflows, timestamp
 from orchestrator.api import Orchestrator
-from orchestrator.factory import create_app
-from orchestrator.models import Run, aware
-from orchestrator.settings import Settings
 
 WARM_UPS = 3
 
 
-def _ts(value: datetime | None) -> float:
-    if value is None:
-        raise RuntimeError("a timestamp the comparison needs is missing from a run document")
-    return aware(value).timestamp()
-
-
-def _finished(orch: Orchestrator, run_id: str, timeout: float) -> Run:
-    run = orch.wait(run_id, timeout=timeout)
-    if run.status != "finished":
-        raise RuntimeError(f"run {run_id} ({run.workflow}) ended {run.status}: {run.error}")
-    return run
-
-
 def trigger_sample(orch: Orchestrator, names: Names, timeout: float) -> float:
     """Parent node started_at -> child node started_at, fire-and-forget."""
-    node = _finished(orch, orch.trigger(names.ff), timeout).nodes["go"]
+    node = finished_run(orch, orch.trigger(names.ff), timeout).nodes["go"]
     output: Any = node.output
-    child = _finished(orch, str(output["run_id"]), timeout)
-    return _ts(child.nodes["n"].started_at) - _ts(node.started_at)
+    child = finished_run(orch, str(output["run_id"]), timeout)
+    return timestamp(child.nodes["n"].started_at) - timestamp(node.started_at)
 
 
 def wait_sample(orch: Orchestrator, names: Names, timeout: float) -> dict[str, float]:
     """A parent node waiting on a 2 s child: elapsed, overhead, the child's start, the wake-up."""
-    node = _finished(orch, orch.trigger(names.waiter), timeout).nodes["w"]
+    node = finished_run(orch, orch.trigger(names.waiter), timeout).nodes["w"]
     output: Any = node.output
     if output.get("targetStatus") != "finished":
         raise RuntimeError(f"the wait ended {output}")
     child = orch.get_run(str(output["run_id"]))
     sleep = child.nodes["s"]
-    before = min(_ts(node.started_at), _ts(child.created_at))
-    elapsed = _ts(node.finished_at) - before
+    before = min(timestamp(node.started_at), timestamp(child.created_at))
+    elapsed = timestamp(node.finished_at) - before
     return {
         "elapsed": elapsed,
         "overhead": elapsed - CHILD_SLEEP_S,
-        "start": _ts(sleep.started_at) - before,
-        "wake": _ts(node.finished_at) - _ts(sleep.finished_at),
+        "start": timestamp(sleep.started_at) - before,
+        "wake": timestamp(node.finished_at) - timestamp(sleep.finished_at),
     }
 
 
@@ -88,12 +70,8 @@ def _repeat(count: int, sample: Callable[[], Any], label: str, say: Callable[[st
 @contextlib.contextmanager
 def engine(home: Path, fanout: int, concurrency: int) -> Iterator[tuple[Orchestrator, Names]]:
     """Redis, MongoDB and a worker as `bench/run_workflow.py` has them; the workflows registered."""
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
     with services(home) as found:
-        settings = Settings().model_copy(update={"redis_url": found.redis_url, "mongo_url": found.mongo_url})
-        app = create_app(settings)
-        app.conf.task_default_queue = queue  # before anything is sent: the worker's queue only
-        orch = Orchestrator(app=app)
+        queue, app, orch = queue_app(found)
         names = Names.for_tag(queue[6:])
         try:
             register_workflows(orch, names, fanout)
