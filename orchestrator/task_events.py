@@ -14,6 +14,9 @@ and says "waiting" rather than showing a `Retry` traceback when a waiting node p
 from __future__ import annotations
 
 import logging
+import re
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from celery import Task
@@ -61,3 +64,46 @@ class NodeRequest(Request):  # type: ignore[misc]
         if isinstance(exc, Ignore):
             self.send_event("task-ignored", reason=str(exc) or "stopped early (nothing left to do)")
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+_POLL = re.compile(r"retry: Retry in ([\d.]+)s$")
+_REMEMBERED = 512
+
+
+class NodeTaskLines(logging.Filter):
+    """Celery's own worker log lines about node messages (received, succeeded, retry,
+    ignored) say which run and node they are about, and a waiting node's poll reads
+    "waiting" instead of "retry: Retry in 1.5s".
+
+    Celery gives each of those records its context (`record.data`: the task's id and name,
+    and for some its arguments' repr); the ids of the tasks this process ran are matched to
+    their `run <id>, node '<node>'` through `remember` (connected to `task_prerun`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, task_id: str | None = None, task: Any = None, **kwargs: Any) -> None:
+        """`task_prerun` receiver: keep the running task's id with its arguments' repr."""
+        where = getattr(getattr(task, "request", None), "kwargsrepr", None)
+        if isinstance(task_id, str) and isinstance(where, str) and where.startswith("run "):
+            with self._lock:
+                self._seen[task_id] = where
+                while len(self._seen) > _REMEMBERED:
+                    self._seen.popitem(last=False)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if not isinstance(data, dict):
+            return True
+        where = data.get("kwargs")
+        if not (isinstance(where, str) and where.startswith("run ")):
+            with self._lock:
+                where = self._seen.get(str(data.get("id")))
+        if where is None:
+            return True
+        message = _POLL.sub(r"waiting: polls again in \1 s", record.getMessage())
+        record.msg, record.args = f"{message} ({where})", ()
+        return True

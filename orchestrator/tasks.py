@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import bson
 from celery import Task
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, task_prerun, worker_init
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from orchestrator.constants import (
@@ -50,7 +50,7 @@ from orchestrator.run_ends import tell_waiters
 from orchestrator.segments import cut, hand_over, tail_from
 from orchestrator.spec import NodeSpec
 from orchestrator.store import NodeStart
-from orchestrator.task_events import FAILED_RESULT, report_failed_node, same_reprs
+from orchestrator.task_events import FAILED_RESULT, NodeTaskLines, report_failed_node, same_reprs
 from orchestrator.templating import build_scope, render
 from orchestrator.waiting import after_claim, begin_wait, poll, sweep_waits, take_over_wait, wait_record
 
@@ -100,10 +100,14 @@ def register_tasks(app: OrchestratorApp) -> None:
         _register_node_task(app, type_name)
     worker_init.connect(_import_node_types, dispatch_uid="orchestrator.import_node_types")
 
+    task_lines = NodeTaskLines()
+    task_prerun.connect(task_lines.remember, weak=False, dispatch_uid=f"orchestrator.task-lines.{id(app)}")
+
     def mask_secrets_in_logs(logger: logging.Logger | None = None, **kwargs: Any) -> None:
         """Worker log lines say which run and node they are about, and show no secret."""
         for handler in (logger or logging.getLogger()).handlers:
             handler.addFilter(RunNodeFilter(app.node_log_capture))
+            handler.addFilter(task_lines)
             handler.addFilter(app.secret_mask.log_filter())
 
     after_setup_logger.connect(mask_secrets_in_logs, weak=False, dispatch_uid=f"orchestrator.mask.{id(app)}")

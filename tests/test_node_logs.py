@@ -164,3 +164,40 @@ def test_nodes_logging_at_once_in_threads_keep_their_own_lines_and_no_secret(
     [leak] = orch.logs(run.id, "leak")
     assert leak.lines[0].text == "saying ***"
     assert SECRET.lower() not in worker.log.read_text().lower()
+
+
+@pytest.fixture
+def info_worker(settings: Settings, spare_redis_url: str) -> Iterator[tuple[Orchestrator, WorkerProcess]]:
+    """A worker that logs at INFO (Celery's own task lines), on a broker of its own."""
+    own = settings.model_copy(update={"redis_url": spare_redis_url})
+    redis.Redis.from_url(spare_redis_url).flushdb()
+    with Orchestrator(settings=own) as orch:
+        worker = WorkerProcess(own, orch, "--pool=prefork", "--concurrency=2", "--loglevel=INFO", name="info")
+        worker.wait_ready()
+        try:
+            yield orch, worker
+        finally:
+            worker.stop()
+            redis.Redis.from_url(spare_redis_url).flushdb()
+
+
+def test_celerys_own_lines_name_the_run_and_node_and_a_poll_reads_waiting(
+    info_worker: tuple[Orchestrator, WorkerProcess],
+) -> None:
+    orch, worker = info_worker
+    orch.register(workflow("Nap", {"id": "nap", "type": "sleep", "params": {"seconds": 1}}))
+    call = {"workflow": "Nap", "mode": "wait", "poll_interval_s": 0.2}
+    orch.register(workflow("Caller", {"id": "call", "type": "run_workflow", "params": call}))
+    run = orch.run("Caller", timeout=30)
+    assert run.status == "finished"
+    where = f"(run {run.id}, node 'call')"
+    lines = wait_for(
+        lambda: [line for line in worker.log.read_text().splitlines() if where in line] or None,
+        what="the caller's task lines",
+    )
+    assert any("] received " + where in line for line in lines), lines
+    assert any("waiting: polls again in 0.2 s" in line for line in lines), lines
+    assert not [line for line in worker.log.read_text().splitlines() if "Retry in" in line]
+    child_line = f"(run {run.id}.call, node 'nap')"
+    wait_for(lambda: "succeeded in" in worker.log.read_text() and child_line in worker.log.read_text(),
+             what="the child's lines")  # fmt: skip
