@@ -20,9 +20,10 @@ from orchestrator.models import Run, new_run_id
 from orchestrator.node_logs import NodeLog, read_logs
 from orchestrator.outages import service_error
 from orchestrator.settings import Settings
-from orchestrator.spec import WorkflowSpec, load_workflow_file, parse_workflow
+from orchestrator.spec import WorkflowSpec, parse_workflow
 from orchestrator.store import open_store
 from orchestrator.urls import redact
+from orchestrator.workflow_files import load_workflow_file
 
 if TYPE_CHECKING:
     from orchestrator.app import OrchestratorApp

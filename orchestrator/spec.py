@@ -1,46 +1,31 @@
-"""Workflow specs: pydantic models of workflow files, loading from YAML/JSON, and validation.
+"""Workflow specs: pydantic models of workflow files, and their validation.
 
-Validation happens at load time so that a bad file is refused with every problem listed, each
-naming the workflow, the node and the field, before anything runs. Loading is bounded: a file
-is read only when it is a regular file of at most `MAX_FILE_BYTES`, in UTF-8; YAML with duplicate
-keys, too many aliases or deep nesting is refused while it is parsed; values MongoDB or JSON
-cannot hold (integers past 64 bits, NaN, NUL in keys) are refused before the models see them.
-Templates are parsed, never compiled or rendered, at registration.
+Validation happens before anything is stored so that a bad workflow is refused with every
+problem listed, each naming the workflow, the node and the field, before anything runs:
+values MongoDB or JSON cannot hold (`orchestrator.json_values`) before the models see them,
+then the graph, the params against their node types, the templates (parsed, never compiled
+or rendered), names, secrets and sizes. Files are read by `orchestrator.workflow_files`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
-import stat
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
 from orchestrator.errors import ConfigurationError, WorkflowValidationError
+from orchestrator.json_values import show, value_problems
 from orchestrator.secrets import secret_names
 
 NODE_ID = re.compile(r"[a-z][a-z0-9_]*")
 """What a node id must be, whole: use `fullmatch` (`$` would let a trailing newline through)."""
-MAX_FILE_BYTES = 1024 * 1024
-"""The largest workflow file read."""
-MAX_DEPTH = 64
-"""How deeply lists and objects may nest in a workflow (the document itself is level 1)."""
-MAX_YAML_ALIASES = 100
-"""The most YAML aliases (`*name`) a workflow file may use."""
-MAX_VALUES = 1_000_000
-"""The most values a workflow may hold, aliases expanded (a YAML alias bomb stops here)."""
 MAX_WORKFLOW_BYTES = 4 * 1024 * 1024
 """The largest workflow as stored (BSON), well within MongoDB's 16 MiB per document."""
-INT64 = (-(2**63), 2**63 - 1)
-"""The integers MongoDB stores."""
 _CONTROL = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 """Unicode categories refused in names: control, format (bidi overrides), line breaks, surrogates."""
 
@@ -170,21 +155,13 @@ class WorkflowSpec(BaseModel):
         return [node for node in self.nodes if node.id not in needed]
 
 
-def _show(text: Any, limit: int = 80) -> str:
-    """A name or id for a message, in quotes: as written when printable, else escaped (a
-    newline in an id must not start a new line of the message), cut at `limit` characters."""
-    text = str(text)
-    shown = text if text.isprintable() else repr(text)[1:-1]
-    return f"'{shown[:limit]}…'" if len(shown) > limit else f"'{shown}'"
-
-
 def _where(data: Mapping[str, Any], loc: tuple[int | str, ...]) -> str:
     """A readable place for a pydantic error location: `node 'fetch', field 'params.x'`."""
     if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
         nodes = data.get("nodes")
         nodes = nodes if isinstance(nodes, list) else []
         node = nodes[loc[1]] if loc[1] < len(nodes) and isinstance(nodes[loc[1]], Mapping) else {}
-        label = f"node {_show(node['id'])}" if "id" in node else f"node #{loc[1] + 1}"
+        label = f"node {show(node['id'])}" if "id" in node else f"node #{loc[1] + 1}"
         rest = _path(loc[2:])
         return f"{label}, field '{rest}'" if rest else label
     return f"field '{_path(loc)}'" if loc else "the document"
@@ -198,7 +175,7 @@ def _path(loc: tuple[int | str, ...], most: int = 8) -> str:
 
 def _name_of(data: Any, source: str | None) -> str:
     name = data.get("name") if isinstance(data, Mapping) else None
-    label = f"workflow {_show(name, 200)}" if isinstance(name, str) and name else "workflow"
+    label = f"workflow {show(name, 200)}" if isinstance(name, str) and name else "workflow"
     return f"{label} ({source})" if source else label
 
 
@@ -242,73 +219,6 @@ def parse_workflow(
         problems = [f"{label}: {p}" for p in found]
         raise WorkflowValidationError("\n".join(problems), problems)
     return spec
-
-
-def value_problems(data: Any, most: int = 20) -> list[tuple[tuple[int | str, ...], str]]:
-    """What JSON or MongoDB cannot hold in `data`, each with its place (at most `most`): nesting
-    past `MAX_DEPTH` (or a structure that contains itself), integers past 64 bits, NaN and
-    infinities, text that is not UTF-8, NUL in keys, more than `MAX_VALUES` values.
-
-    The walk is iterative and stops at the limits, so that no input makes it recurse or run
-    long: an alias bomb is refused after `MAX_VALUES` steps, not expanded.
-    """
-    problems: list[tuple[tuple[int | str, ...], str]] = []
-    stack: list[tuple[Any, tuple[int | str, ...]]] = [(data, ())]
-    for _ in range(MAX_VALUES + 1):
-        if not stack or len(problems) >= most:
-            return problems
-        value, loc = stack.pop()
-        problem = _value_problem(value, len(loc) + 1)
-        if problem is not None:
-            problems.append((loc, problem))
-        elif isinstance(value, Mapping | list | tuple):
-            children = list(_children(value, loc, problems))
-            stack.extend(reversed(children))
-    problems.append(((), f"holds more than {MAX_VALUES:,} values (YAML aliases that expand?)"))
-    return problems
-
-
-def _value_problem(value: Any, depth: int) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
-        shown = str(value) if value.bit_length() < 128 else f"of {value.bit_length():,} bits"
-        return (
-            f"the integer {shown} does not fit in 64 bits: MongoDB stores integers from -2^63 "
-            "to 2^63-1 (write a larger number as a string)"
-        )
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{value} is not a number JSON can hold (NaN and Infinity are not JSON)"
-    if isinstance(value, str) and not value.isascii() and not _is_utf8(value):
-        return "the text is not valid UTF-8 (it holds a lone surrogate)"
-    if isinstance(value, Mapping | list | tuple) and depth > MAX_DEPTH:
-        return f"nested more than {MAX_DEPTH} levels deep (or it contains itself)"
-    return None
-
-
-def _children(
-    value: Mapping[Any, Any] | list[Any] | tuple[Any, ...],
-    loc: tuple[int | str, ...],
-    problems: list[tuple[tuple[int | str, ...], str]],
-) -> Iterator[tuple[Any, tuple[int | str, ...]]]:
-    """The items of a list or object with their places; bad keys go to `problems`."""
-    if not isinstance(value, Mapping):
-        yield from ((item, (*loc, index)) for index, item in enumerate(value))
-        return
-    for key, item in value.items():
-        if isinstance(key, str) and ("\0" in key or not _is_utf8(key)):
-            what = "a NUL character" if "\0" in key else "text that is not UTF-8"
-            problems.append((loc, f"the key {_show(key)} holds {what}, which MongoDB refuses in keys"))
-            continue
-        yield item, (*loc, key if isinstance(key, str | int) else str(key))
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def name_problems(spec: WorkflowSpec) -> list[str]:
@@ -428,9 +338,9 @@ def graph_problems(spec: WorkflowSpec, known_types: KnownTypes = None) -> list[s
     seen: set[str] = set()
     for node in spec.nodes:
         if not NODE_ID.fullmatch(node.id):
-            problems.append(f"node {_show(node.id)}: field 'id': must match [a-z][a-z0-9_]*")
+            problems.append(f"node {show(node.id)}: field 'id': must match [a-z][a-z0-9_]*")
         if node.id in seen:
-            problems.append(f"node {_show(node.id)}: field 'id': duplicate id; node ids must be unique")
+            problems.append(f"node {show(node.id)}: field 'id': duplicate id; node ids must be unique")
         seen.add(node.id)
     types = {node.id: node.type for node in spec.nodes}
     for node in spec.nodes:
@@ -507,7 +417,7 @@ def params_problems(spec: WorkflowSpec, known_types: KnownTypes = None) -> list[
         try:
             node_type = known_types.get(node.type)
         except ConfigurationError as exc:  # its module does not import: it could not run either
-            problems.append(f"node {_show(node.id)}: field 'type': {exc}")
+            problems.append(f"node {show(node.id)}: field 'type': {exc}")
             continue
         problems += node_params_problems(node, node_type)
         for key in sorted(node_type.node_params & node.params.keys()):
@@ -528,9 +438,9 @@ def _inner_node_problems(node: NodeSpec, key: str, known_types: ParamsCatalog, n
     type_name = inner["type"]
     if contains_template(type_name):
         return []
-    where = f"node {_show(node.id)}: field 'params.{key}"
+    where = f"node {show(node.id)}: field 'params.{key}"
     if type_name not in names:
-        return [f"{where}.type': unknown node type {_show(type_name)} (known: {', '.join(sorted(names))})"]
+        return [f"{where}.type': unknown node type {show(type_name)} (known: {', '.join(sorted(names))})"]
     params = inner.get("params", {})
     if not isinstance(params, Mapping):
         return []
@@ -564,14 +474,14 @@ def node_params_problems(node: NodeSpec, node_type: ParamsModel) -> list[str]:
         node_type.params.model_validate(node.params)
     except ValidationError as exc:
         return [
-            f"node {_show(node.id)}: field '{'.'.join(str(p) for p in ('params', *e['loc']))}': {e['msg']}"
+            f"node {show(node.id)}: field '{'.'.join(str(p) for p in ('params', *e['loc']))}': {e['msg']}"
             for e in exc.errors()
             if _checked_now(e["loc"], e["type"], templated)
         ]
     except Exception as exc:  # a model's own validator that fails on a template it was not meant to see
         if templated:
             return []
-        return [f"node {_show(node.id)}: field 'params': {type(exc).__name__}: {exc}"]
+        return [f"node {show(node.id)}: field 'params': {type(exc).__name__}: {exc}"]
     return []
 
 
@@ -582,141 +492,3 @@ def template_problems(spec: WorkflowSpec) -> list[str]:
     problems = [f"node '{n.id}': {p}" for n in spec.nodes for p in syntax_errors(n.params, "params")]
     problems += syntax_errors(spec.output, "output")
     return problems
-
-
-def load_workflow_file(
-    path: str | Path, known_types: KnownTypes = None, *, max_variables_bytes: int | None = None
-) -> WorkflowSpec:
-    """Read and validate a workflow file (`.json` as JSON, any other as YAML).
-
-    Args:
-        known_types, max_variables_bytes: as for `parse_workflow`.
-    """
-    path = Path(path)
-    data = parse_text(read_workflow_text(path), path)
-    return parse_workflow(data, known_types, source=str(path), max_variables_bytes=max_variables_bytes)
-
-
-def read_workflow_text(path: Path) -> str:
-    """The text of a workflow file: a regular file (not a device such as /dev/zero, nor a
-    pipe), at most `MAX_FILE_BYTES`, in UTF-8; else a `WorkflowValidationError` saying so."""
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise WorkflowValidationError(
-                f"{path}: not a regular file: a workflow is read from a file, not a directory, device or pipe"
-            )
-        with path.open("rb") as file:
-            raw = file.read(MAX_FILE_BYTES + 1)  # a file that grows while read is cut here
-    except OSError as exc:
-        raise WorkflowValidationError(f"{path}: cannot read the file: {exc.strerror}") from exc
-    if len(raw) > MAX_FILE_BYTES:
-        raise WorkflowValidationError(
-            f"{path}: the file is larger than {MAX_FILE_BYTES // 1024} KiB, the most a workflow file "
-            "may be: keep data out of workflows (in variables given to runs, or in files nodes read)"
-        )
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise WorkflowValidationError(
-            f"{path}: not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} (save the file as UTF-8)"
-        ) from None
-
-
-def parse_text(text: str, path: Path) -> Any:
-    """The document in a workflow file's text: JSON for `.json`, else YAML (safely, bounded)."""
-    kind = "JSON" if path.suffix == ".json" else "YAML"
-    try:
-        return load_json(text) if kind == "JSON" else load_yaml(text)
-    except _Refused as exc:
-        raise WorkflowValidationError(f"{path}: {exc}") from None
-    except RecursionError:
-        raise WorkflowValidationError(f"{path}: nested more than {MAX_DEPTH} levels deep") from None
-    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError, as are numbers
-        message = str(exc).split("; use sys.set_int_max_str_digits()")[0]  # past 4300 digits
-        raise WorkflowValidationError(f"{path}: not valid {kind}: {message}") from exc
-
-
-def load_json(text: str) -> Any:
-    """JSON, refusing duplicate keys and NaN/Infinity (Python's `json` accepts both)."""
-    return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise _Refused(f"duplicate key {_show(key)} in an object: keys must be unique")
-        found[key] = value
-    return found
-
-
-def _no_constant(name: str) -> Any:
-    raise _Refused(f"{name} is not JSON (it has no NaN or Infinity); write a number or null")
-
-
-def load_yaml(text: str) -> Any:
-    """YAML with PyYAML's safe loader, refusing duplicate keys, more than `MAX_YAML_ALIASES`
-    aliases and nesting past `MAX_DEPTH` (see `_BoundedLoader`)."""
-    loader = _BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-class _Refused(ValueError):
-    """A workflow file refused while it is parsed; the message says where and why."""
-
-    def __init__(self, message: str, mark: yaml.Mark | None = None) -> None:
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        super().__init__(f"{where}{message}")
-
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with what a workflow file does not need refused while composing:
-    duplicate keys (PyYAML keeps the last silently), more than `MAX_YAML_ALIASES` aliases
-    (an alias bomb is a few of them), and nesting past `MAX_DEPTH` (the composer recurses)."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._aliases = 0
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_YAML_ALIASES:
-                raise _Refused(
-                    f"more than {MAX_YAML_ALIASES} aliases (*name): write the values out",
-                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
-                )
-            return super().compose_node(parent, index)
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
-        node = super().compose_mapping_node(anchor)
-        first: dict[tuple[str, str], int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-                continue
-            key = (key_node.tag, key_node.value)
-            if key in first:
-                raise _Refused(
-                    f"duplicate key {_show(key_node.value)} (first on line {first[key]}): "
-                    "the keys of a mapping must be unique",
-                    key_node.start_mark,
-                )
-            first[key] = key_node.start_mark.line + 1
-        return node

@@ -154,7 +154,7 @@ def _register_examples(settings: Settings, err: Console) -> None:
     """Register the example workflows that are not registered yet (edits are kept)."""
     from orchestrator.api import Orchestrator
     from orchestrator.examples import example_files
-    from orchestrator.spec import load_workflow_file
+    from orchestrator.workflow_files import load_workflow_file
 
     with Orchestrator(settings=settings) as orch:
         registered = orch.store.workflow_names()

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import WorkflowValidationError
-from orchestrator.spec import load_workflow_file, parse_workflow
+from orchestrator.spec import parse_workflow
+from orchestrator.workflow_files import load_workflow_file
 
 KNOWN = ["set", "sleep", "condition"]
 

@@ -14,7 +14,7 @@ def parse_vars(pairs: tuple[str, ...], as_json: str | None, max_bytes: int | Non
     """`--vars JSON` then each `--var KEY=VALUE` (JSON when it parses, else a string).
 
     Variables no run could hold are refused (exit 2), each naming the variable: NaN and
-    Infinity, integers past 64 bits, nesting past `spec.MAX_DEPTH`, text that is not UTF-8
+    Infinity, integers past 64 bits, nesting past `json_values.MAX_DEPTH`, text that is not UTF-8
     (a command line in another encoding), NUL in keys, and more than `max_bytes` in all
     (default: half of `ORCH_MAX_RUN_DOC_BYTES`, as the launcher allows).
     """
@@ -43,7 +43,7 @@ class _NotJson(Exception):
 def _json_option(text: str, hint: str) -> Any:
     """The JSON in an option's value; `_NotJson` when it is not JSON, a `BadParameter` when it
     is JSON that a run cannot hold (NaN, a number past 4300 digits, deep nesting)."""
-    from orchestrator.spec import MAX_DEPTH, load_json
+    from orchestrator.json_values import MAX_DEPTH, load_json
 
     try:
         json.loads(text)  # JSON at all? (as Python reads it: `NaNcy` is not, `NaN` is)
@@ -66,7 +66,7 @@ def _check_variables(variables: dict[str, Any], max_bytes: int | None) -> None:
     """Refuse variables that MongoDB or a run's document cannot hold."""
     import bson
 
-    from orchestrator.spec import value_problems
+    from orchestrator.json_values import value_problems
 
     problems = value_problems(variables, most=1)
     if problems:

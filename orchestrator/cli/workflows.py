@@ -22,7 +22,7 @@ def workflows_apply(paths: tuple[Path, ...]) -> None:
     """Validate workflow files (YAML or JSON; a folder: all of its files, sub-folders too)
     and register them; nothing is registered when any is invalid."""
     from orchestrator.child_runs import unknown_targets
-    from orchestrator.spec import load_workflow_file
+    from orchestrator.workflow_files import load_workflow_file
 
     with connected() as orch:
         files = [p for path in paths for p in (workflow_files(path) if path.is_dir() else [path])]
