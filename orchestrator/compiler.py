@@ -28,6 +28,7 @@ from orchestrator.constants import (
 )
 from orchestrator.segments import cut
 from orchestrator.spec import NodeSpec, WorkflowSpec
+from orchestrator.template_refs import nodes_referenced
 
 Graph = dict[str, set[str]]  # node id -> ids it waits for
 
@@ -48,6 +49,27 @@ def node_signature(app: Celery, run_id: str, node: NodeSpec, epoch: int = 0) -> 
     if epoch:
         kwargs["epoch"] = epoch
     return app.signature(NODE_TASK_PREFIX + node.type, kwargs=kwargs, immutable=True, **options)
+
+
+WIDE_NODES = 150
+"""From this many nodes on, each node reads from the run document only the states of the
+nodes it uses (`reads`), rather than the whole document or a snapshot of it: what a node
+costs then stays the same however wide the workflow."""
+
+
+def node_reads(app: Celery, node: NodeSpec) -> list[str] | None:
+    """The nodes whose states a node reads: itself, its dependencies and the nodes its params
+    name (`orchestrator.template_refs`); None when it reads them all (a type that sees every
+    node, or a template that picks nodes at run time)."""
+    registry = getattr(app, "registry", None)
+    raw: frozenset[str] = frozenset()
+    if registry is not None and node.type in registry:
+        node_type = registry.get(node.type)
+        if node_type.sees_all_nodes:
+            return None
+        raw = node_type.raw_params
+    named = nodes_referenced(node.params, raw)
+    return None if named is None else sorted({node.id, *node.dependency_ids(), *named})
 
 
 def compile_workflow(
@@ -98,19 +120,27 @@ def _compile(
     if not graph:  # every node is over: only the run's end is left
         return end
 
+    wide = len(spec.nodes) > WIDE_NODES
+
     def leaf(node_id: str) -> Signature:
         sig = node_signature(app, run_id, nodes[node_id], epoch)
         if sources == [node_id] and remaining is None:  # the only source: its start is the run's start
             sig.kwargs["first"] = True
+        if wide:
+            reads = node_reads(app, nodes[node_id])
+            if reads is not None:
+                sig.kwargs["reads"] = reads
         return sig
 
     body = compile_graph(graph, leaf, lambda: app.signature(JOIN_TASK, immutable=True))
-    hand_on(body, {NODE_TASK_PREFIX + name for name in handed_types})
+    if not wide:  # in a wide workflow, nodes read what they need instead of a whole snapshot
+        hand_on(body, {NODE_TASK_PREFIX + name for name in handed_types})
     # Engine faults are recorded by the node task's on_failure, not by an errback: an errback
     # would be copied into every message of the chain.
     last = last_node(body)
     if last is not None:  # the run ends with one node: that node's task ends the run too
         last.kwargs["final"] = final
+        last.kwargs.pop("reads", None)  # it decides the run's outcome from every node
         return body
     return then(body, end)
 

@@ -146,6 +146,9 @@ class NodeType(Generic[P]):
     resume: Resume | None = None
     raw_params: frozenset[str] = frozenset()
     """Params the engine passes as written, unrendered (the type renders them itself)."""
+    sees_all_nodes: bool = False
+    """The function may read any node's output (`python` hands them all to its code): in a
+    wide workflow its node reads the whole run document, not only what its params name."""
     node_params: frozenset[str] = frozenset()
     """Params that hold a node the type runs (`{type, params}`, as `parameter_loop`'s `body`):
     at registration their type must exist and their literal params fit it."""

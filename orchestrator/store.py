@@ -33,6 +33,7 @@ from orchestrator.constants import (
     RunStatus,
 )
 from orchestrator.errors import DocumentTooLarge, RunNotFound, StoreError, WorkflowNotFound
+from orchestrator.handoff import SIZE_KEY
 from orchestrator.history import RunFilter, RunPage, count_by_status, ensure_history_indexes, page_runs
 from orchestrator.models import Run, utcnow
 from orchestrator.node_logs import ensure_log_indexes
@@ -59,6 +60,26 @@ def connect(mongo_url: str, database: str, timeout_ms: int = 5000) -> Database[D
         mongo_url, serverSelectionTimeoutMS=timeout_ms, tz_aware=True, uuidRepresentation="standard"
     )
     return client[database]
+
+
+RUN_FIELDS = ("_id", "workflow", "status", "variables", "trigger", "parent_run_id", "parent_node_id",
+              "root_run_id", "depth", "epoch", "spec_digest", "created_at", "started_at")  # fmt: skip
+"""The run-level fields a node's context holds (with the states of the nodes it reads)."""
+
+
+def node_projection(node_ids: Iterable[str]) -> Document:
+    """A projection of the run's fields and of the given nodes' states only."""
+    return {**dict.fromkeys(RUN_FIELDS, 1), **{f"nodes.{node_id}": 1 for node_id in node_ids}}
+
+
+def nested(doc: Document) -> Document:
+    """A projected document with its node states under `nodes`: MongoDB returns a projection
+    of `nodes.x` nested, nx-27017 as a flat key `"nodes.x"`; both come out nested."""
+    states = dict(doc.get("nodes") or {})
+    for key in [key for key in doc if key.startswith("nodes.")]:
+        states[key[len("nodes.") :]] = doc.pop(key)
+    doc["nodes"] = states
+    return doc
 
 
 def epoch_filter(epoch: int) -> Document:
@@ -293,32 +314,78 @@ class RunStore:
 
     # -- nodes ----------------------------------------------------------------------------
 
-    def start_node(self, run_id: str, node_id: str, start: NodeStart, first: bool = False) -> Document | None:
+    def start_node(
+        self,
+        run_id: str,
+        node_id: str,
+        start: NodeStart,
+        first: bool = False,
+        reads: Iterable[str] | None = None,
+    ) -> Document | None:
         """Mark a node `running` if the run is active and the node pending or running (a redelivery).
 
         Args:
             first: the node is the run's only source, so its start is the run's start: the
                 run's `started_at` is stamped in the same update (one round trip, not two).
+            reads: the nodes whose states the node reads (its own among them): the document
+                comes back with only those and the run's fields (`RUN_FIELDS`), and its size
+                under `SIZE_KEY` (measured apart); None: the whole document.
 
         Returns:
             The run document as it was before (other nodes' outputs included), or None when
             the run is over or the node already finished or waits (a redelivered message).
         """
         startable, update = self._starting(run_id, node_id, start)
+        projection = None if reads is None else node_projection(reads)
+        before = None
         if first:
             before = self.runs.find_one_and_update(
                 {**startable, "status": "pending"},
                 {**update, "$currentDate": {"started_at": True}},
+                projection=projection,
                 return_document=ReturnDocument.BEFORE,
             )
-            if before is not None:
-                return before
-        before = self.runs.find_one_and_update(
-            {**startable, "status": {"$in": list(RUN_ACTIVE)}}, update, return_document=ReturnDocument.BEFORE
+        if before is None:
+            before = self.runs.find_one_and_update(
+                {**startable, "status": {"$in": list(RUN_ACTIVE)}},
+                update,
+                projection=projection,
+                return_document=ReturnDocument.BEFORE,
+            )
+            if before is not None and before.get("status") == "pending":
+                self.runs.update_one(
+                    {"_id": run_id, "started_at": None}, {"$currentDate": {"started_at": True}}
+                )
+        if before is None or projection is None:
+            return before
+        return nested(before) | {SIZE_KEY: self.document_bytes(run_id)}
+
+    def read_run(self, run_id: str, reads: Iterable[str] | None = None) -> Document:
+        """The run document, or (with `reads`) its fields and those nodes' states only, with
+        its size under `SIZE_KEY`, in one round trip.
+
+        Raises:
+            RunNotFound: there is no such run.
+        """
+        if reads is None:
+            return self.get_run_document(run_id)
+        size = {SIZE_KEY: {"$bsonSize": "$$ROOT"}}
+        found = list(
+            self.runs.aggregate(
+                [{"$match": {"_id": run_id}}, {"$project": {**node_projection(reads), **size}}]
+            )
         )
-        if before is not None and before.get("status") == "pending":
-            self.runs.update_one({"_id": run_id, "started_at": None}, {"$currentDate": {"started_at": True}})
-        return before
+        if not found:
+            raise RunNotFound(f"no run with id '{run_id}'")
+        return nested(found[0])
+
+    def document_bytes(self, run_id: str) -> int:
+        """The run document's size in BSON bytes, measured by the server (0 when it is gone)."""
+        for row in self.runs.aggregate(
+            [{"$match": {"_id": run_id}}, {"$project": {"s": {"$bsonSize": "$$ROOT"}}}]
+        ):
+            return int(row["s"])
+        return 0
 
     def mark_node_running(self, run_id: str, node_id: str, start: NodeStart) -> bool:
         """Mark a node `running` as `start_node` does, without reading the document back: for

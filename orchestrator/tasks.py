@@ -184,13 +184,16 @@ def _register_node_task(app: OrchestratorApp, type_name: str) -> None:
         epoch: int = 0,
         outages: int = 0,
         tried: int = 0,
+        reads: list[str] | None = None,
     ) -> str | None:
         if not isinstance(run_id, str) or not isinstance(node, dict):
             logger.error("%s: dropped a message whose run id or node is malformed", self.name)
             raise Ignore()
         node_type = self.app.registry.get(type_name)
         spec = NodeSpec.model_validate(node)
-        message = NodeMessage(token, first, final, previous, hand_on, epoch, outages, tried)
+        if reads is not None and not (isinstance(reads, list) and all(isinstance(r, str) for r in reads)):
+            reads = None  # a malformed list: read the whole document
+        message = NodeMessage(token, first, final, previous, hand_on, epoch, outages, tried, reads)
         try:
             end = run_node(self, node_type, run_id, spec, message)
             if final is not None and not end.run_ended:  # a wait or a redelivery ended it: end the run now
@@ -243,6 +246,9 @@ class NodeMessage:
     """How many times the message was retried because a service did not answer."""
     tried: int = 0
     """Attempts the node had before the reconciler sent it again (its worker was lost)."""
+    reads: list[str] | None = None
+    """In a wide workflow: the nodes whose states this node reads (`compiler.node_reads`);
+    None: the whole run document."""
 
     @property
     def attempt_base(self) -> int:
@@ -282,7 +288,7 @@ def run_node(
     pure = node_type.pure and token is None
     handed = snapshot_of(message.previous, run_id) if token is None and node_type.resume is None else None
     start = NodeStart(attempt, epoch, task.app.leases.lease_until(), holder_name(), task.request.id)
-    before, run_was = _start(store, run_id, spec.id, start, pure, handed, message.first)
+    before, run_was = _start(store, run_id, spec.id, start, pure, handed, message)
     if before is None:
         _not_started(task, node_type, run_id, spec, message)
         return NodeEnd()
@@ -343,16 +349,20 @@ def _start(
     start: NodeStart,
     pure: bool,
     handed: dict[str, Any] | None,
-    first: bool,
+    message: NodeMessage,
 ) -> tuple[dict[str, Any] | None, RunStatus | None]:
     """Start a node: the run document it starts from (None when it must not start) and, for a
     pure node (not marked running), the run's status then."""
     if pure:
-        before = _pure_start(store, run_id, node_id, handed, start.epoch)
+        before = _pure_start(store, run_id, node_id, handed, start.epoch, message.reads)
         return before, before["status"] if before else None
     if handed is not None:
         return (handed if store.mark_node_running(run_id, node_id, start) else None), None
-    return store.start_node(run_id, node_id, start, first=first), None
+    return store.start_node(run_id, node_id, start, first=message.first, reads=message.reads), None
+
+
+def _with_own(reads: list[str] | None, node_id: str) -> list[str] | None:
+    return None if reads is None else sorted({*reads, node_id})
 
 
 def _failure_of(state: dict[str, Any]) -> tuple[str, str | None] | None:
@@ -373,12 +383,17 @@ def _masked(app: OrchestratorApp, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pure_start(
-    store: RunStore, run_id: str, node_id: str, handed: dict[str, Any] | None, epoch: int
+    store: RunStore,
+    run_id: str,
+    node_id: str,
+    handed: dict[str, Any] | None,
+    epoch: int,
+    reads: list[str] | None = None,
 ) -> dict[str, Any] | None:
     """The document a pure node runs from: the snapshot handed on, else the run document
-    read; None when the run is over, the node is not startable or the message belongs to
-    another epoch of the run (nothing is written)."""
-    doc = handed or store.get_run_document(run_id)
+    read (only the nodes it `reads`, when given); None when the run is over, the node is not
+    startable or the message belongs to another epoch of the run (nothing is written)."""
+    doc = handed or store.read_run(run_id, reads)
     state = doc["nodes"].get(node_id)
     if doc["status"] not in RUN_ACTIVE or state is None or state["status"] not in NODE_STARTABLE:
         return None
@@ -430,7 +445,7 @@ def _not_started(
     redelivery, or a message of an older epoch of the run. Stops the canvas (`Ignore`)
     unless this message may go on."""
     token = message.token
-    doc = task.app.store.get_run_document(run_id)
+    doc = task.app.store.read_run(run_id, _with_own(message.reads, spec.id))
     if spec.id not in doc.get("nodes", {}):  # a forged or stray message: the run is left alone
         logger.error("run %s has no node %r: dropped a message for it", run_id, spec.id)
         raise Ignore()

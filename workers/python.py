@@ -474,4 +474,5 @@ node_type = NodeType(
     params=PythonParams,
     run=run,
     description="runs Python code of the workflow's author in a bubblewrap sandbox with a timeout and limits",
+    sees_all_nodes=True,  # the code is given every finished node's output
 )
