@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -127,20 +128,29 @@ def test_runs_logs_of_one_node_and_as_json(orch: Orchestrator, cli: CliRunner) -
     assert "has no node 'three'" in missing.stderr
 
 
-@pytest.fixture
-def threads_worker(settings: Settings, spare_redis_url: str) -> Iterator[tuple[Orchestrator, WorkerProcess]]:
-    """A `threads` pool worker holding a secret, on a broker of its own."""
-    own = settings.model_copy(update={"redis_url": spare_redis_url})
-    redis.Redis.from_url(spare_redis_url).flushdb()
+@contextmanager
+def own_worker(
+    settings: Settings, broker: str, *args: str, name: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[Orchestrator, WorkerProcess]]:
+    """A worker of its own (`args` for its pool and log level), on the empty Redis database
+    `broker`, emptied again at the end."""
+    own = settings.model_copy(update={"redis_url": broker})
+    redis.Redis.from_url(broker).flushdb()
     with Orchestrator(settings=own) as orch:
-        worker = WorkerProcess(
-            own, orch, "--pool=threads", "--concurrency=4", name="threads", env={"SHOP_API_KEY": SECRET}
-        ).wait_ready()
+        worker = WorkerProcess(own, orch, *args, name=name, env=env).wait_ready()
         try:
             yield orch, worker
         finally:
             worker.stop()
-            redis.Redis.from_url(spare_redis_url).flushdb()
+            redis.Redis.from_url(broker).flushdb()
+
+
+@pytest.fixture
+def threads_worker(settings: Settings, spare_redis_url: str) -> Iterator[tuple[Orchestrator, WorkerProcess]]:
+    """A `threads` pool worker holding a secret, on a broker of its own."""
+    args = ("--pool=threads", "--concurrency=4")
+    with own_worker(settings, spare_redis_url, *args, name="threads", env={"SHOP_API_KEY": SECRET}) as pair:
+        yield pair
 
 
 def test_nodes_logging_at_once_in_threads_keep_their_own_lines_and_no_secret(
@@ -169,16 +179,9 @@ def test_nodes_logging_at_once_in_threads_keep_their_own_lines_and_no_secret(
 @pytest.fixture
 def info_worker(settings: Settings, spare_redis_url: str) -> Iterator[tuple[Orchestrator, WorkerProcess]]:
     """A worker that logs at INFO (Celery's own task lines), on a broker of its own."""
-    own = settings.model_copy(update={"redis_url": spare_redis_url})
-    redis.Redis.from_url(spare_redis_url).flushdb()
-    with Orchestrator(settings=own) as orch:
-        worker = WorkerProcess(own, orch, "--pool=prefork", "--concurrency=2", "--loglevel=INFO", name="info")
-        worker.wait_ready()
-        try:
-            yield orch, worker
-        finally:
-            worker.stop()
-            redis.Redis.from_url(spare_redis_url).flushdb()
+    args = ("--pool=prefork", "--concurrency=2", "--loglevel=INFO")
+    with own_worker(settings, spare_redis_url, *args, name="info") as pair:
+        yield pair
 
 
 def test_celerys_own_lines_name_the_run_and_node_and_a_poll_reads_waiting(

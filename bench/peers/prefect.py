@@ -57,13 +57,13 @@ from bench.peers import ours  # noqa: E402
 from bench.peers.processes import (  # noqa: E402
     PeerError,
     exit_on_sigterm,
-    free_port,
     run_echoing,
     running,
     tail,
     wait_http,
 )
 from bench.peers.report import Figures, table  # noqa: E402
+from orchestrator.embedded import free_port  # noqa: E402
 
 VENV = HERE / ".venv-prefect"
 PYTHON = VENV / "bin" / "python"
