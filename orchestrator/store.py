@@ -169,6 +169,18 @@ class RunStore:
             )
         return WorkflowSpec.model_validate(doc["spec"])
 
+    def workflow_of_run(self, workflow: str, digest: str | None) -> WorkflowSpec | None:
+        """The definition a run started with (its version, by `digest`), else the workflow as
+        registered now, else None (removed since)."""
+        if digest is not None:
+            found = self.db[WORKFLOW_VERSIONS].find_one({"_id": digest})
+            if found is not None:
+                return WorkflowSpec.model_validate(found["spec"])
+        try:
+            return self.get_workflow(workflow)
+        except WorkflowNotFound:
+            return None
+
     def list_workflows(self) -> list[WorkflowSpec]:
         """Every registered workflow, by name."""
         return [WorkflowSpec.model_validate(d["spec"]) for d in self.workflows.find().sort("_id", ASCENDING)]

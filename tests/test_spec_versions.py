@@ -4,8 +4,10 @@ workflow is edited meanwhile, and the run's end message carries only the run's i
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
 from orchestrator import Orchestrator
+from orchestrator.cli import main
 from orchestrator.compiler import compile_workflow
 from orchestrator.constants import WORKFLOW_VERSIONS
 from orchestrator.spec import parse_workflow
@@ -41,3 +43,13 @@ def test_the_end_of_a_fan_out_carries_only_the_run_id(orch: Orchestrator) -> Non
     spec = parse_workflow(workflow("Wide", *nodes))
     canvas = compile_workflow(orch.app, spec, "r1")
     assert canvas.body.kwargs == {"run_id": "r1"}  # the chord's body, copied into all 50 messages
+
+
+def test_a_runs_graph_is_drawn_from_the_version_it_ran(orch: Orchestrator, cli: CliRunner) -> None:
+    orch.register(workflow("Renamed", {"id": "old_step", "type": "set"}))
+    run = orch.run("Renamed", timeout=30)
+    orch.register(workflow("Renamed", {"id": "new_step", "type": "set"}))
+    chart = cli.invoke(main, ["runs", "show", run.id, "--mermaid"], catch_exceptions=False).output
+    assert "old_step" in chart and "new_step" not in chart
+    assert orch.store.workflow_of_run("Renamed", None) is not None  # no version: as registered now
+    assert orch.store.workflow_of_run("Gone", "0" * 24) is None

@@ -162,14 +162,10 @@ def runs_show(run_id: str, as_json: bool, mermaid: bool) -> None:
     with connected() as orch:
         run = orch.get_run(orch.store.resolve_run_id(run_id))
         if mermaid:
-            from orchestrator.errors import WorkflowNotFound
             from orchestrator.mermaid import run_mermaid
 
-            try:
-                spec = orch.store.get_workflow(run.workflow)
-            except WorkflowNotFound:
-                spec = None  # removed since: the run's nodes, without edges
-            click.echo(run_mermaid(spec, run))
+            # the version the run started with; None when removed: its nodes, without edges
+            click.echo(run_mermaid(orch.store.workflow_of_run(run.workflow, run.spec_digest), run))
             return
         show_run(orch, run, as_json)
 

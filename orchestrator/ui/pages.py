@@ -13,10 +13,8 @@ from pydantic import JsonValue
 from starlette.requests import Request
 from starlette.responses import Response
 
-from orchestrator.api import Orchestrator
 from orchestrator.constants import RUN_STATUSES, TriggerType
 from orchestrator.display import seconds
-from orchestrator.errors import WorkflowNotFound
 from orchestrator.models import NodeState, Run
 from orchestrator.spec import WorkflowSpec
 from orchestrator.ui import catalog
@@ -62,13 +60,6 @@ def runs_page(request: Request) -> Response:
     )
 
 
-def _spec_or_none(orch: Orchestrator, name: str) -> WorkflowSpec | None:
-    try:
-        return orch.store.get_workflow(name)
-    except WorkflowNotFound:
-        return None
-
-
 def node_view(state: NodeState) -> NodeView:
     """What a node's box says: status, duration (from its start), attempts."""
     duration = seconds(state.duration_s) if state.started_at is not None else ""
@@ -91,7 +82,7 @@ def run_page(request: Request) -> Response:
     """`/runs/<id>`: the run's graph, nodes, lineage, variables and results (live while active)."""
     ui = ui_state(request)
     run = ui.orch.run_tree(request.path_params["run_id"])
-    spec = _spec_or_none(ui.orch, run.workflow)
+    spec = ui.orch.store.workflow_of_run(run.workflow, run.spec_digest)  # the version it ran
     nodes = run_nodes(spec, run.nodes)
     context: dict[str, Any] = {
         "run": run,
