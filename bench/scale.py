@@ -9,7 +9,8 @@ shape, one run, counted exactly:
    one-node `set` workflow; per child, until the parent and every child are over;
 4. `wait`: the same parent with the nodes in `wait` mode; per child;
 5. `loop`: one `parameter_loop` node over N values whose body is a `set` node (each iteration
-   is a child run of a one-node workflow, `workers/parameter_loop.py`); per iteration.
+   is a child run of a one-node workflow, `workers/parameter_loop.py`; its output lists every
+   iteration up to 2,000 values, and is a summary past that); per iteration.
 
 Beside them, in the same run and on the same worker: a raw Celery chain of N `bench.noop`
 tasks (beside `line`) and a raw Celery group of N (beside the others), timed from
@@ -88,6 +89,7 @@ from orchestrator.app import OrchestratorApp  # noqa: E402
 from orchestrator.child_runs import child_run_id  # noqa: E402
 from orchestrator.constants import NODE_OVER, RUN_OVER  # noqa: E402
 from orchestrator.errors import WaitTimeout  # noqa: E402
+from workers.parameter_loop import MAX_LISTED  # noqa: E402
 
 SHAPES = ("line", "fanout", "ff", "wait", "loop")
 DEFAULT_NS = (10, 100, 1000)
@@ -141,7 +143,9 @@ def shape_workflow(shape: str, name: str, n: int, child: str) -> dict[str, Any]:
         }
     if shape == "loop":
         body = {"type": "set", "params": {"value": "{{ loop_value }}"}}
-        loop = {"id": LOOP_NODE, "type": "parameter_loop", "params": {"values": list(range(n)), "body": body}}
+        output = "list" if n <= MAX_LISTED else "summary"  # a list output takes up to MAX_LISTED
+        looped = {"values": list(range(n)), "body": body, "output": output}
+        loop = {"id": LOOP_NODE, "type": "parameter_loop", "params": looped}
         return {"name": name, "nodes": [loop]}
     raise ValueError(f"unknown shape {shape!r}")
 

@@ -1,9 +1,10 @@
 """How much of a benchmark's time the MongoDB server needs on its own.
 
-Every node costs its run document a start (`find_one_and_update`, returning the document) and
-an end (`update_one`), but a pure node handed the document by the node before it costs the end
-alone; a child run also costs an insert, a workflow read, its `dispatched_at`
-and its own node's start and end (which also ends the run). This module times those
+Every node costs its run document a start (`find_one_and_update`, returning the document, or
+in a wide run the node's own state and the document's size) and an end (`update_one`), but a
+pure node handed the document by the node before it costs the end alone; a child run also
+costs an insert, a workflow read, its `dispatched_at` and its own node's start and end (which
+also ends the run). This module times those
 operations, one at a time, on copies of documents the benchmark itself made, so a benchmark
 can print the server's share beside its result: the time the store alone needs, and the
 lowest ratio to raw Celery that this store allows.
@@ -25,7 +26,9 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
+from orchestrator.compiler import WIDE_NODES
 from orchestrator.models import new_run_document
+from orchestrator.store import SIZED, node_projection
 
 Document = dict[str, Any]
 
@@ -51,11 +54,14 @@ def node_start_and_end_s(runs: Collection[Document], doc: Document, node_id: str
     runs.insert_one({**doc, "_id": copy_id})
     state = doc["nodes"][node_id]
     where = {"_id": copy_id, f"nodes.{node_id}.status": state["status"]}
+    # As the engine starts a node: in a wide run, only what the node reads, and the size.
+    projection = node_projection([node_id]) | SIZED if len(doc["nodes"]) > WIDE_NODES else None
     try:
         start = median_s(
             lambda: runs.find_one_and_update(
                 where,
                 {"$set": {"status": doc["status"], f"nodes.{node_id}": state}},
+                projection=projection,
                 return_document=ReturnDocument.BEFORE,
             )
         )

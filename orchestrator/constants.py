@@ -9,6 +9,7 @@ WORKFLOWS: Final = "workflows"
 NODE_LOGS: Final = "node_logs"
 WORKFLOW_VERSIONS: Final = "workflow_versions"
 WAITS: Final = "waits"
+WAIT_ITEMS: Final = "wait_items"
 
 RunStatus = Literal["pending", "running", "finished", "failed", "error", "cancelled"]
 NodeStatus = Literal["pending", "running", "waiting", "finished", "failed", "skipped", "cancelled"]

@@ -98,10 +98,12 @@ def run_tree(run: Run) -> Tree:
 
 
 def run_view(run: Run) -> Group:
-    """The run tree followed by its results, when it has any."""
+    """The run tree followed by its results, when it has any, or why they were left out."""
     parts: list[Any] = [run_tree(run)]
     if run.results is not None:
         parts.append(Text("results: ", style="bold") + Text(_short(run.results, 400)))
+    elif run.results_omitted:
+        parts.append(Text("results omitted: ", style="bold") + Text(run.results_omitted, style="yellow"))
     return Group(*parts)
 
 

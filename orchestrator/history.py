@@ -46,6 +46,7 @@ INDEXES: dict[str, list[tuple[str, int]]] = {
     "list_rerun_of": [("rerun_of", ASCENDING), ("created_ms", DESCENDING)],
     "tree_parent": [("parent_run_id", ASCENDING), ("created_at", ASCENDING)],
     "tree_root": [("root_run_id", ASCENDING), ("created_at", ASCENDING)],
+    "children_of_node": [("parent_run_id", ASCENDING), ("parent_node_id", ASCENDING), ("status", ASCENDING)],
 }
 
 

@@ -78,6 +78,7 @@ class Run(BaseModel):
     spec_digest: str | None = None
     nodes: dict[str, NodeState] = Field(default_factory=dict)
     results: JsonValue = None
+    results_omitted: str | None = None  # why `results` is null in a finished run
     error: str | None = None
     created_at: datetime
     dispatched_at: datetime | None = None

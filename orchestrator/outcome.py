@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import bson
@@ -46,28 +47,54 @@ def finished_outputs(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.get("output") for k, v in doc.get("nodes", {}).items() if v.get("status") == "finished"}
 
 
-def decide_outcome(
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ends: the fields its end writes to the run document.
+
+    `results_omitted` says why `results` is null although the run finished: the workflow has
+    no `output`, and the default copy of its final nodes' outputs did not fit in the room
+    the run document had left. The outputs are still on the nodes, so the run is not an error.
+    """
+
+    status: RunStatus
+    results: Any = None
+    error: str | None = None
+    results_omitted: str | None = None
+
+
+def run_outcome(
     doc: Mapping[str, Any], output: JsonValue, final_nodes: list[str], room_bytes: int | None = None
-) -> tuple[RunStatus, Any, str | None]:
-    """How a run ends, from its nodes: `(status, results, error)`.
+) -> Outcome:
+    """How a run ends, from its nodes.
 
     `failed` when any node failed (the error names them); `error` when the workflow's
-    `output` cannot be evaluated, or its results would not fit in the `room_bytes` the run
+    `output` cannot be evaluated, or its value would not fit in the `room_bytes` the run
     document has left; else `finished` with `results` = the evaluated `output`, or
-    `{node_id: output}` of the final nodes that finished.
+    `{node_id: output}` of the final nodes that finished. That default copy, when it does not
+    fit, is left out (`results` null, `results_omitted` saying why): the user did not ask for
+    it, and the outputs are on the nodes, so it must not cost them the run.
     """
     status, results, error = _outcome(doc, output, final_nodes)
-    if status == "finished" and room_bytes is not None:
-        size = len(bson.encode({"results": results}))
-        if size > room_bytes:
-            room = max(room_bytes, 0) / 1024
-            message = (
-                f"the workflow's output is {size / 1024:.0f} KiB, more than the {room:.0f} KiB its "
-                "run document has left under ORCH_MAX_RUN_DOC_BYTES: make `output` return "
-                "identifiers or a summary, not the data"
-            )
-            return "error", None, message
-    return status, results, error
+    if status != "finished" or room_bytes is None:
+        return Outcome(status, results, error)
+    size = len(bson.encode({"results": results}))
+    if size <= room_bytes:
+        return Outcome(status, results, error)
+    kib, room = size / 1024, max(room_bytes, 0) / 1024
+    if output is None:
+        note = (
+            f"the final nodes' outputs ({kib:.0f} KiB) do not fit in the {room:.0f} KiB the run "
+            "document has left under ORCH_MAX_RUN_DOC_BYTES, so they are not copied to `results`: "
+            f"read them on the nodes (`orchestrator runs show {doc['_id']} --json`), or give the "
+            "workflow an `output` that picks what the run returns"
+        )
+        return Outcome("finished", results_omitted=note)
+    message = (
+        f"the workflow's output is {kib:.0f} KiB, more than the {room:.0f} KiB its "
+        "run document has left under ORCH_MAX_RUN_DOC_BYTES: make `output` return "
+        "identifiers or a summary, not the data"
+    )
+    return Outcome("error", error=message)
 
 
 def _outcome(

@@ -27,6 +27,7 @@ from orchestrator.constants import (
     RUN_ACTIVE,
     RUN_OVER,
     RUNS,
+    WAIT_ITEMS,
     WAITS,
     WORKFLOW_VERSIONS,
     WORKFLOWS,
@@ -48,6 +49,15 @@ LINEAGE = {"_id": 1, "status": 1, "workflow": 1, "parent_run_id": 1, "parent_nod
 OUTPUT_HINT = ". Store large data elsewhere and pass an identifier."
 
 
+def run_ending(status: RunStatus, results: Any, error: str | None, results_omitted: str | None) -> Document:
+    """The fields a run's end sets; `results_omitted` only when there is one, so that runs
+    that kept their results have no such field."""
+    ending: Document = {"status": status, "results": results, "error": error}
+    if results_omitted is not None:
+        ending["results_omitted"] = results_omitted
+    return ending
+
+
 def open_store(settings: Settings) -> RunStore:
     """The run store of `settings` (its MongoDB client connects on first use)."""
     db = connect(settings.mongo_url, settings.mongo_database, int(settings.connect_timeout_s * 1000))
@@ -67,18 +77,30 @@ RUN_FIELDS = ("_id", "workflow", "status", "variables", "trigger", "parent_run_i
 """The run-level fields a node's context holds (with the states of the nodes it reads)."""
 
 
+SIZED = {SIZE_KEY: {"$bsonSize": "$$ROOT"}}
+"""A projection's part that has the server measure the document (`$bsonSize`, MongoDB 4.4 on)."""
+
+
 def node_projection(node_ids: Iterable[str]) -> Document:
     """A projection of the run's fields and of the given nodes' states only."""
     return {**dict.fromkeys(RUN_FIELDS, 1), **{f"nodes.{node_id}": 1 for node_id in node_ids}}
 
 
 def nested(doc: Document) -> Document:
-    """A projected document with its node states under `nodes`: MongoDB returns a projection
-    of `nodes.x` nested, nx-27017 as a flat key `"nodes.x"`; both come out nested."""
-    states = dict(doc.get("nodes") or {})
-    for key in [key for key in doc if key.startswith("nodes.")]:
-        states[key[len("nodes.") :]] = doc.pop(key)
-    doc["nodes"] = states
+    """A projected run document with its node states under `nodes` (empty when none came)."""
+    nested_paths(doc).setdefault("nodes", {})
+    return doc
+
+
+def nested_paths(doc: Document) -> Document:
+    """A projected document with every flat dotted key put back under its parents: MongoDB
+    returns a projection of `a.b` nested, nx-27017 as a flat key `"a.b"`; both come out nested."""
+    for key in [key for key in doc if "." in key]:
+        value, parts = doc.pop(key), key.split(".")
+        place = doc
+        for part in parts[:-1]:
+            place = place.setdefault(part, {})
+        place[parts[-1]] = value
     return doc
 
 
@@ -117,7 +139,7 @@ class RunStore:
         self.runs: Collection[Document] = db[RUNS]
         self.workflows: Collection[Document] = db[WORKFLOWS]
         self.max_run_doc_bytes = max_run_doc_bytes
-        self.wait_records = WaitRecords(db[WAITS], max_run_doc_bytes)
+        self.wait_records = WaitRecords(db[WAITS], max_run_doc_bytes, db[WAIT_ITEMS])
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -270,6 +292,29 @@ class RunStore:
         cursor = self.runs.find({"parent_run_id": run_id}).sort("created_at", ASCENDING)
         return [Run.model_validate(d) for d in cursor]
 
+    def node_children_by_status(self, run_id: str, node_id: str) -> dict[str, int]:
+        """How many runs one node of `run_id` started, by status (statuses with none left out):
+        a count by the server, over the index `children_of_node`, whatever their number."""
+        match = {"parent_run_id": run_id, "parent_node_id": node_id}
+        rows = self.runs.aggregate([{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        return {str(row["_id"]): int(row["n"]) for row in rows}
+
+    def node_children(
+        self,
+        run_id: str,
+        node_id: str,
+        statuses: Iterable[str] | None = None,
+        fields: Iterable[str] = (),
+        limit: int = 0,
+    ) -> list[Document]:
+        """The runs one node of `run_id` started (those in `statuses`, when given), with only
+        `fields` (dotted paths, nested in the result whatever the server), at most `limit`."""
+        query: Document = {"parent_run_id": run_id, "parent_node_id": node_id}
+        if statuses is not None:
+            query["status"] = {"$in": list(statuses)}
+        projection = dict.fromkeys(["status", *fields], 1)
+        return [nested_paths(doc) for doc in self.runs.find(query, projection, limit=limit)]
+
     def run_tree(self, run_id: str) -> Run:
         """The run with its descendants in `children`, recursively."""
         root = self.get_run(run_id)
@@ -341,14 +386,16 @@ class RunStore:
                 run's `started_at` is stamped in the same update (one round trip, not two).
             reads: the nodes whose states the node reads (its own among them): the document
                 comes back with only those and the run's fields (`RUN_FIELDS`), and its size
-                under `SIZE_KEY` (measured apart); None: the whole document.
+                (before the start) under `SIZE_KEY`; None: the whole document.
 
         Returns:
             The run document as it was before (other nodes' outputs included), or None when
             the run is over or the node already finished or waits (a redelivered message).
         """
         startable, update = self._starting(run_id, node_id, start)
-        projection = None if reads is None else node_projection(reads)
+        # The size comes back with the document, measured by the server (`$bsonSize` in a
+        # projection: MongoDB 4.4 on, nx-27017): no second round trip to read it.
+        projection = None if reads is None else node_projection(reads) | SIZED
         before = None
         if first:
             before = self.runs.find_one_and_update(
@@ -370,7 +417,7 @@ class RunStore:
                 )
         if before is None or projection is None:
             return before
-        return nested(before) | {SIZE_KEY: self.document_bytes(run_id)}
+        return nested(before)
 
     def read_run(self, run_id: str, reads: Iterable[str] | None = None) -> Document:
         """The run document, or (with `reads`) its fields and those nodes' states only, with
@@ -381,23 +428,10 @@ class RunStore:
         """
         if reads is None:
             return self.get_run_document(run_id)
-        size = {SIZE_KEY: {"$bsonSize": "$$ROOT"}}
-        found = list(
-            self.runs.aggregate(
-                [{"$match": {"_id": run_id}}, {"$project": {**node_projection(reads), **size}}]
-            )
-        )
-        if not found:
+        found = self.runs.find_one({"_id": run_id}, node_projection(reads) | SIZED)
+        if found is None:
             raise RunNotFound(f"no run with id '{run_id}'")
-        return nested(found[0])
-
-    def document_bytes(self, run_id: str) -> int:
-        """The run document's size in BSON bytes, measured by the server (0 when it is gone)."""
-        for row in self.runs.aggregate(
-            [{"$match": {"_id": run_id}}, {"$project": {"s": {"$bsonSize": "$$ROOT"}}}]
-        ):
-            return int(row["s"])
-        return 0
+        return nested(found)
 
     def mark_node_running(self, run_id: str, node_id: str, start: NodeStart) -> bool:
         """Mark a node `running` as `start_node` does, without reading the document back: for
@@ -488,11 +522,13 @@ class RunStore:
         doc_size: int = 0,
         run_was: RunStatus | None = None,
         epoch: int = 0,
+        results_omitted: str | None = None,
     ) -> Document | None:
         """Record a run's last node and end the run, in one update, once.
 
         Args:
             run_was: as for `end_node`: a pending run is started (and ended) by this update.
+            results_omitted: as for `end_run`.
 
         Returns:
             The run's `LINEAGE` after, or None when the node was over already or the run was
@@ -502,7 +538,7 @@ class RunStore:
             DocumentTooLarge: the output would make the run document too large.
         """
         self._check_size(node_id, state, doc_size)
-        ending = {"status": status, "results": results, "error": error}
+        ending = run_ending(status, results, error, results_omitted)
         ends = self._end_updates(run_id, node_id, state, NODE_ENDABLE, run_was or "running", epoch)
         for where, update in ends:
             update["$set"].update(ending)
@@ -605,12 +641,18 @@ class RunStore:
         results: Any = None,
         error: str | None = None,
         from_statuses: Iterable[str] = RUN_ACTIVE,
+        results_omitted: str | None = None,
     ) -> Document | None:
-        """Move a run to a final status, once; its `LINEAGE` after, or None if it was over."""
+        """Move a run to a final status, once; its `LINEAGE` after, or None if it was over.
+
+        Args:
+            results_omitted: why a finished run's `results` is null (`outcome.Outcome`);
+                written only when given.
+        """
         return self.runs.find_one_and_update(
             {"_id": run_id, "status": {"$in": list(from_statuses)}},
             {
-                "$set": {"status": status, "results": results, "error": error},
+                "$set": run_ending(status, results, error, results_omitted),
                 "$currentDate": {"finished_at": True},
             },
             projection=LINEAGE,

@@ -44,7 +44,7 @@ from orchestrator.leases import holder_name
 from orchestrator.log_capture import RunNodeFilter
 from orchestrator.models import node_state, utcnow
 from orchestrator.outages import service_error
-from orchestrator.outcome import decide_outcome, dependency_verdict, finished_outputs
+from orchestrator.outcome import dependency_verdict, finished_outputs, run_outcome
 from orchestrator.registry import NodeContext, NodeType, Registry, Wait
 from orchestrator.run_ends import tell_waiters
 from orchestrator.segments import cut, hand_over, tail_from
@@ -418,16 +418,17 @@ def _end_node_and_run(
     nodes = {**before.get("nodes", {}), node_id: state}
     used = (doc_size or document_size(before)) + len(bson.encode({node_id: state}))
     room = app.settings.max_run_doc_bytes - used
-    status, results, error = decide_outcome(
+    outcome = run_outcome(
         {**before, "nodes": nodes}, final.get("output"), final.get("final_nodes") or [], room
     )
     ended = app.store.end_last_node(
         before["_id"],
         node_id,
         state,
-        status,
-        results=results,
-        error=error,
+        outcome.status,
+        results=outcome.results,
+        error=outcome.error,
+        results_omitted=outcome.results_omitted,
         doc_size=doc_size,
         run_was=run_was,
         epoch=epoch,
@@ -555,9 +556,15 @@ def end_run(
         spec = app.specs.of_run(doc)
         output, final_nodes = spec.output, [node.id for node in spec.final_nodes()]
     room = app.settings.max_run_doc_bytes - document_size(doc)
-    status, results, error = decide_outcome(doc, output, final_nodes, room)
-    ended = store.end_run(run_id, status, results=results, error=error)
+    outcome = run_outcome(doc, output, final_nodes, room)
+    ended = store.end_run(
+        run_id,
+        outcome.status,
+        results=outcome.results,
+        error=outcome.error,
+        results_omitted=outcome.results_omitted,
+    )
     if ended is None:
         return None
     tell_waiters(app, ended)
-    return status
+    return outcome.status

@@ -10,6 +10,10 @@ The token is passed on by compare-and-set on the record, as it was inside the ru
 status stays in the run (`nodes.<id>.status`), which the claim that ends the wait sets. A
 record is marked `over` when its wait ends (claimed, cancelled, or found stale by the
 sweeper), and kept, as the run's history of its waits.
+
+A node that waits on a long list (a `parameter_loop`'s values) keeps the list beside its
+record, in `wait_items`, in chunks of `ITEMS_PER_CHUNK`: a poll reads the record alone, and
+the node reads the slice it needs when it needs it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pymongo.collection import Collection
 from orchestrator.errors import DocumentTooLarge
 
 Document = dict[str, Any]
+ITEMS_PER_CHUNK = 1000
+RESEND_ONLY = {"resend": 1}
 
 
 def record_id(run_id: str, node_id: str) -> str:
@@ -34,14 +40,16 @@ def record_id(run_id: str, node_id: str) -> str:
 class WaitRecords:
     """The `waits` collection."""
 
-    def __init__(self, waits: Collection[Document], max_bytes: int) -> None:
+    def __init__(self, waits: Collection[Document], max_bytes: int, items: Collection[Document]) -> None:
         self.waits = waits
         self.max_bytes = max_bytes
+        self.wait_items = items
 
     def ensure_indexes(self) -> None:
         """The sweeper's query (records not over, by next poll) and a run's records."""
         self.waits.create_index([("over", ASCENDING), ("next_poll_at", ASCENDING)], name="by_next_poll")
         self.waits.create_index([("of_run", ASCENDING)], name="by_run")
+        self.wait_items.create_index([("of_run", ASCENDING)], name="by_run")
 
     def check_size(self, node_id: str, record: Document) -> None:
         """Refuse a record past the size budget (what a node type keeps while it waits).
@@ -90,7 +98,10 @@ class WaitRecords:
         else:
             query["next_poll_at"] = {"$lt": overdue_before}
         return self.waits.find_one_and_update(
-            query, {"$set": {"token": token, "woken": True}}, return_document=ReturnDocument.AFTER
+            query,
+            {"$set": {"token": token, "woken": True}},
+            projection=RESEND_ONLY,  # all a wake-up sends: not the record's data, whatever its size
+            return_document=ReturnDocument.AFTER,
         )
 
     def take_over(
@@ -107,6 +118,34 @@ class WaitRecords:
     def close(self, run_id: str, node_id: str) -> None:
         """Mark a wait over (its node was claimed or cancelled)."""
         self.waits.update_one({"_id": record_id(run_id, node_id)}, {"$set": {"over": True}})
+
+    def put_items(self, run_id: str, node_id: str, items: list[Any]) -> None:
+        """Keep a node's long list beside its record, in chunks (replacing an earlier attempt's)."""
+        prefix = record_id(run_id, node_id)
+        for chunk, start in enumerate(range(0, len(items), ITEMS_PER_CHUNK)):
+            key = f"{prefix}/{chunk}"
+            doc = {"_id": key, "of_run": run_id, "of_node": node_id, "chunk": chunk}
+            doc["items"] = items[start : start + ITEMS_PER_CHUNK]
+            self.wait_items.replace_one({"_id": key}, doc, upsert=True)
+
+    def items(self, run_id: str, node_id: str, start: int, stop: int) -> list[Any]:
+        """Items `start` to `stop` (excluded) of the list kept by `put_items`, reading only the
+        chunks that hold them.
+
+        Raises:
+            LookupError: a chunk is missing (the list was not kept, or was removed).
+        """
+        if stop <= start:
+            return []
+        first, last = start // ITEMS_PER_CHUNK, (stop - 1) // ITEMS_PER_CHUNK
+        prefix = record_id(run_id, node_id)
+        keys = [f"{prefix}/{chunk}" for chunk in range(first, last + 1)]
+        found = {doc["chunk"]: doc["items"] for doc in self.wait_items.find({"_id": {"$in": keys}})}
+        if len(found) != len(keys):
+            raise LookupError(f"the list kept by node '{node_id}' of run {run_id} is missing chunks")
+        joined = [item for chunk in range(first, last + 1) for item in found[chunk]]
+        offset = first * ITEMS_PER_CHUNK
+        return joined[start - offset : stop - offset]
 
     def overdue(self, before: float) -> Iterator[tuple[str, str]]:
         """`(run_id, node_id)` of the waits not over whose next poll was due before `before`."""

@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator import Orchestrator
-from orchestrator.constants import NODE_LOGS, WAITS
+from orchestrator.constants import NODE_LOGS, WAIT_ITEMS, WAITS
 from orchestrator.embedded import (
     claim_empty_redis_db,
     mongo_answers,
@@ -205,6 +205,7 @@ def clean_store(request: pytest.FixtureRequest) -> None:
         orch.store.db["test_counts"].delete_many({})
         orch.store.db[NODE_LOGS].delete_many({})
         orch.store.db[WAITS].delete_many({})
+        orch.store.db[WAIT_ITEMS].delete_many({})
 
 
 def wait_for(check: Callable[[], T | None], timeout: float = 20, what: str = "condition") -> T:

@@ -48,7 +48,12 @@ def test_every_list_filter_is_served_by_an_index_with_its_sort(names: set[str]) 
 
 @pytest.mark.parametrize(
     ("equality", "sort"),
-    [({"parent_run_id"}, ["created_at"]), ({"root_run_id"}, ["created_at"]), ({"rerun_of"}, ["created_ms"])],
+    [
+        ({"parent_run_id"}, ["created_at"]),
+        ({"root_run_id"}, ["created_at"]),
+        ({"rerun_of"}, ["created_ms"]),
+        ({"parent_run_id", "parent_node_id", "status"}, []),  # a loop's iterations, counted by status
+    ],
 )
 def test_every_tree_query_is_served_by_an_index(equality: set[str], sort: list[str]) -> None:
     assert served(equality, sort)

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
+from orchestrator.constants import WAIT_ITEMS
 from orchestrator.errors import WorkflowValidationError
 from orchestrator.models import Run
+from orchestrator.wait_records import ITEMS_PER_CHUNK
 from tests.conftest import as_list, not_none, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -155,3 +157,73 @@ def test_a_sweep_of_child_runs_returns_each_childs_results(orch: Orchestrator) -
 def test_empty_values_finish_at_once(orch: Orchestrator) -> None:
     orch.register(workflow("Loop", loop_node([], {"type": "set"})))
     assert orch.run("Loop", timeout=30).nodes["loop"].output == []
+
+
+def test_summary_output_counts_iterations_and_names_the_failures(orch: Orchestrator) -> None:
+    body = {
+        "type": "fail",
+        "params": {"when": "{{ loop_value % 10 == 3 }}", "message": "bad {{ loop_value }}"},
+    }
+    orch.register(workflow("Loop", loop_node(list(range(25)), body, output="summary", max_parallel=10)))
+    run = orch.run("Loop", timeout=60)
+    output: Any = run.nodes["loop"].output
+    assert run.status == "finished"
+    assert {k: output[k] for k in ("iterations", "finished", "failed", "timeout", "not_started")} == {
+        "iterations": 25,
+        "finished": 22,
+        "failed": 3,
+        "timeout": 0,
+        "not_started": 0,
+    }
+    assert output["by_status"] == {"failed": 3, "finished": 22}
+    assert [(f["loop_index"], f["loop_value"], f["status"]) for f in output["failures"]] == [
+        (3, 3, "failed"),
+        (13, 13, "failed"),
+        (23, 23, "failed"),
+    ]
+    assert "bad 13" in output["failures"][1]["error"]
+    assert output["failures"][0]["run_id"] == f"{run.id}.loop.3"
+    assert output["run_id_prefix"] == f"{run.id}.loop."
+    assert len(iterations(orch, run)) == 25
+
+
+def test_a_list_output_over_its_limit_is_refused_at_registration_naming_summary(orch: Orchestrator) -> None:
+    with pytest.raises(WorkflowValidationError, match=r"2,001 values with `output: list`.*output: summary"):
+        orch.register(workflow("Loop", loop_node(list(range(2001)), {"type": "set"})))
+    orch.register(workflow("Loop", loop_node(list(range(2001)), {"type": "set"}, output="summary")))
+
+
+def test_values_from_a_template_over_the_list_limit_fail_the_loop_before_it_starts(
+    orch: Orchestrator,
+) -> None:
+    orch.register(workflow("Loop", loop_node("{{ range(2500) | list }}", {"type": "set"})))
+    run = orch.run("Loop", timeout=30)
+    assert run.status == "failed" and "2,500 values with `output: list`" in (run.nodes["loop"].error or "")
+    assert iterations(orch, run) == []
+
+
+def test_kept_values_are_read_a_slice_at_a_time_across_chunks(orch: Orchestrator) -> None:
+    records = orch.store.wait_records
+    values = [{"v": i} for i in range(2 * ITEMS_PER_CHUNK + 5)]
+    records.put_items("r1", "loop", values)
+    kept = orch.store.db[WAIT_ITEMS].find({"of_run": "r1"}, {"chunk": 1, "items": 1})
+    assert sorted((d["chunk"], len(d["items"])) for d in kept) == [
+        (0, ITEMS_PER_CHUNK),
+        (1, ITEMS_PER_CHUNK),
+        (2, 5),
+    ]
+    for start, stop in [(0, 3), (ITEMS_PER_CHUNK - 2, ITEMS_PER_CHUNK + 2), (0, len(values)), (7, 7)]:
+        assert records.items("r1", "loop", start, stop) == values[start:stop]
+    with pytest.raises(LookupError, match="node 'other' of run r1 is missing chunks"):
+        records.items("r1", "other", 0, 1)
+
+
+def test_a_capped_loop_starts_its_values_in_order_each_once(orch: Orchestrator) -> None:
+    body = {"type": "set", "params": {"v": "{{ loop_value }}"}}
+    orch.register(workflow("Loop", loop_node([f"v{i}" for i in range(12)], body, max_parallel=5)))
+    run = orch.run("Loop", timeout=60)
+    output: Any = run.nodes["loop"].output
+    assert run.status == "finished"
+    assert [e["output"]["v"] for e in output] == [f"v{i}" for i in range(12)]
+    runs = iterations(orch, run)
+    assert len(runs) == 12 and most_at_once(runs) <= 5

@@ -8,15 +8,22 @@ does, holding no worker slot: each iteration's end wakes it, and it starts the n
 while fewer than the cap (`max_parallel`; 1 in `sequential` mode) are in flight. The body's
 params are rendered in the loop's own scope plus `loop_value` and `loop_index`, and checked
 against the body type before any iteration starts.
+
+Its cost per iteration does not grow with the number of values: the values are kept beside
+the wait record in chunks (`WaitRecords.put_items`) and read a slice at a time, a poll counts
+the iterations by status on the server (one aggregate over the index `children_of_node`), and
+iterations start in index order, so the number started is the number of child runs. With
+`output: summary` the loop's output is counts and the failures, whatever the number of values:
+each iteration's result stays in its own run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from celery import group
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from orchestrator.app import app_of
 from orchestrator.child_runs import child_run_id
@@ -28,6 +35,12 @@ from orchestrator.spec import NodeSpec, WorkflowSpec
 from orchestrator.templating import build_scope, render
 
 BODY_NODE = "body"
+MAX_LISTED = 2000
+"""Most values a loop with `output: list` takes: its output lists every iteration (about 150
+bytes plus the body's output each) in its run document; `output: summary` has no such limit."""
+MAX_FAILURES_LISTED = 20
+"""Failed iterations named in a summary (the rest are counted)."""
+FAILED = tuple(status for status in RUN_OVER if status != "finished")
 
 
 class LoopBody(BaseModel):
@@ -41,7 +54,8 @@ class LoopBody(BaseModel):
 
 
 class ParameterLoopParams(BaseModel):
-    """The values to loop over, the body, and how many iterations may run at once."""
+    """The values to loop over, the body, how many iterations may run at once, and what the
+    loop returns."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -52,16 +66,50 @@ class ParameterLoopParams(BaseModel):
     continue_on_error: bool = True
     timeout_s: float = Field(3600, gt=0, le=30 * 86400)
     poll_interval_s: float = Field(5.0, ge=0.05, le=600)
+    output: Literal["list", "summary"] = "list"
 
-    def cap(self) -> int:
-        """How many iterations may be in flight at once."""
-        if self.mode == "sequential":
-            return 1
-        return min(self.max_parallel or len(self.values), len(self.values))
+    @model_validator(mode="after")
+    def _listable(self) -> Self:
+        if self.output == "list" and len(self.values) > MAX_LISTED:
+            raise ValueError(
+                f"{len(self.values):,} values with `output: list`, which takes at most {MAX_LISTED:,} (the "
+                "output lists every iteration in the run document); set `output: summary` for counts and "
+                "failures, each iteration's result staying in its own run"
+            )
+        return self
 
 
-def iteration_specs(params: ParameterLoopParams, context: NodeContext) -> list[WorkflowSpec]:
-    """The one-node workflow of every iteration, its params rendered and checked.
+class LoopPlan(BaseModel):
+    """What the loop keeps in its wait record while it waits: its params without the values
+    (kept beside the record, `WaitRecords.put_items`) and how many there are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    body: LoopBody
+    count: int
+    cap: int
+    continue_on_error: bool
+    output: Literal["list", "summary"]
+
+    @classmethod
+    def of(cls, params: ParameterLoopParams) -> LoopPlan:
+        """The plan of a loop over `params.values`."""
+        count = len(params.values)
+        cap = 1 if params.mode == "sequential" else min(params.max_parallel or count, count)
+        return cls(
+            body=params.body,
+            count=count,
+            cap=cap,
+            continue_on_error=params.continue_on_error,
+            output=params.output,
+        )
+
+
+def iteration_specs(
+    body: LoopBody, values: list[Any], first_index: int, context: NodeContext
+) -> list[WorkflowSpec]:
+    """The one-node workflow of each iteration from `first_index` on (one per value given),
+    its params rendered and checked.
 
     Raises:
         NodeError: the body type is unknown, or an iteration's params are invalid.
@@ -69,12 +117,12 @@ def iteration_specs(params: ParameterLoopParams, context: NodeContext) -> list[W
     app = app_of(context)
     where = f"node '{context.node_id}', parameter 'body'"
     try:
-        body_type = app.registry.get(params.body.type)
+        body_type = app.registry.get(body.type)
     except ConfigurationError as exc:
         raise NodeError(f"{where}: {exc}") from exc
     scope = build_scope(context.variables, context.outputs, context.run_id, context.workflow)
     specs = []
-    for index, value in enumerate(params.values):
+    for index, value in enumerate(values, start=first_index):
         rendered = {
             key: render(
                 raw,
@@ -82,7 +130,7 @@ def iteration_specs(params: ParameterLoopParams, context: NodeContext) -> list[W
                 f"{where}.params.{key}",
                 context.seconds_left(),
             )
-            for key, raw in params.body.params.items()
+            for key, raw in body.params.items()
         }
         try:
             body_type.params.model_validate(rendered)
@@ -93,14 +141,14 @@ def iteration_specs(params: ParameterLoopParams, context: NodeContext) -> list[W
                 f"{where}: iteration {index} (loop_value {value!r}): parameter '{field}' of "
                 f"{body_type.name}: {first['msg']}"
             ) from exc
-        node = NodeSpec(id=BODY_NODE, type=body_type.name, params=rendered, timeout_s=params.body.timeout_s)
+        node = NodeSpec(id=BODY_NODE, type=body_type.name, params=rendered, timeout_s=body.timeout_s)
         specs.append(WorkflowSpec(name=f"{context.workflow}/{context.node_id}", nodes=[node]))
     return specs
 
 
-def _launch(context: NodeContext, specs: list[WorkflowSpec], values: list[Any], indexes: list[int]) -> None:
-    """Start the given iterations, together as one Celery group (a second start of an
-    iteration is a no-op: the ids are fixed)."""
+def _launch(context: NodeContext, specs: list[WorkflowSpec], values: list[Any], first_index: int) -> None:
+    """Start the iterations from `first_index` on (one per spec), together as one Celery group
+    (a second start of an iteration is a no-op: the ids are fixed)."""
     app = app_of(context)
     lineage = Lineage(
         parent_run_id=context.run_id,
@@ -109,17 +157,17 @@ def _launch(context: NodeContext, specs: list[WorkflowSpec], values: list[Any], 
         depth=int(context.run.get("depth", 0)) + 1,
     )
     canvases, run_ids = [], []
-    for index in indexes:
+    for index, (spec, value) in enumerate(zip(specs, values, strict=True), start=first_index):
         trigger = {
             "type": "run_workflow",
             "parent_run_id": context.run_id,
             "parent_node_id": context.node_id,
             "loop_index": index,
         }
-        variables = {"loop_value": values[index], "loop_index": index}
+        variables = {"loop_value": value, "loop_index": index}
         run_id = child_run_id(context.run_id, context.node_id, index)
         try:
-            _, canvas = prepare_run(app, specs[index], variables, trigger, run_id, lineage)
+            _, canvas = prepare_run(app, spec, variables, trigger, run_id, lineage)
         except OrchestratorError as exc:
             raise NodeError(f"node '{context.node_id}': iteration {index} could not start: {exc}") from exc
         if canvas is not None:
@@ -130,59 +178,127 @@ def _launch(context: NodeContext, specs: list[WorkflowSpec], values: list[Any], 
         context.store.mark_dispatched(run_ids)
 
 
-def run(params: ParameterLoopParams, context: NodeContext) -> list[dict[str, Any]] | Wait:
-    """Check every iteration, start the first ones, then wait for them."""
+def run(params: ParameterLoopParams, context: NodeContext) -> list[dict[str, Any]] | dict[str, Any] | Wait:
+    """Check every iteration, keep the values, start the first ones, then wait for them."""
+    plan = LoopPlan.of(params)
     if not params.values:
-        return []
+        return [] if plan.output == "list" else _summary(context, plan, {}, [])
     depth = int(context.run.get("depth", 0)) + 1
     if depth > context.settings.max_depth:
         raise NodeError(
             f"node '{context.node_id}': recursion limit: iterations would be at depth {depth}, "
             f"past ORCH_MAX_DEPTH={context.settings.max_depth}"
         )
-    specs = iteration_specs(params, context)
-    _launch(context, specs, params.values, list(range(params.cap())))
-    data = {"params": params.model_dump(mode="json")}
+    specs = iteration_specs(params.body, params.values, 0, context)  # every one checked first
+    context.store.wait_records.put_items(context.run_id, context.node_id, params.values)
+    _launch(context, specs[: plan.cap], params.values[: plan.cap], 0)
+    data = {"plan": plan.model_dump(mode="json")}
     return Wait(run_id=None, timeout_s=params.timeout_s, poll_interval_s=params.poll_interval_s, data=data)
 
 
-def resume(wait: Mapping[str, Any], context: NodeContext, timed_out: bool) -> list[dict[str, Any]] | None:
-    """Start the next iterations as slots free up; the outputs once all are over."""
-    params = ParameterLoopParams.model_validate(wait["data"]["params"])
-    ids = [child_run_id(context.run_id, context.node_id, i) for i in range(len(params.values))]
-    status = {d["_id"]: d["status"] for d in context.store.runs.find({"_id": {"$in": ids}}, {"status": 1})}
-    over = [i for i, run_id in enumerate(ids) if status.get(run_id) in RUN_OVER]
-    failed = [i for i in over if status[ids[i]] != "finished"]
-    in_flight = [i for i, run_id in enumerate(ids) if run_id in status and i not in over]
-    stopping = timed_out or bool(failed and not params.continue_on_error)
-    if not stopping:
-        waiting = [i for i, run_id in enumerate(ids) if run_id not in status]
-        free = params.cap() - len(in_flight)
-        if waiting and free > 0:
-            _launch(context, iteration_specs(params, context), params.values, waiting[:free])
-            return None
+def _values(context: NodeContext, start: int, stop: int) -> list[Any]:
+    """The loop's values `start` to `stop` (excluded), as it kept them."""
+    try:
+        return context.store.wait_records.items(context.run_id, context.node_id, start, stop)
+    except LookupError as exc:
+        raise NodeError(f"node '{context.node_id}': {exc}") from exc
+
+
+def resume(
+    wait: Mapping[str, Any], context: NodeContext, timed_out: bool
+) -> list[dict[str, Any]] | dict[str, Any] | None:
+    """Start the next iterations as slots free up; the output once all are over."""
+    plan = _plan_of(wait["data"], context)
+    by_status = context.store.node_children_by_status(context.run_id, context.node_id)
+    started = sum(by_status.values())
+    over = sum(by_status.get(status, 0) for status in RUN_OVER)
+    failed = over - by_status.get("finished", 0)
+    in_flight = started - over
+    stopping = timed_out or bool(failed and not plan.continue_on_error)
+    if not stopping and started < plan.count and in_flight < plan.cap:
+        stop = min(plan.count, started + plan.cap - in_flight)
+        values = _values(context, started, stop)
+        _launch(context, iteration_specs(plan.body, values, started, context), values, started)
+        return None
     if in_flight and not timed_out:
         return None
-    if failed and not params.continue_on_error:
-        first = context.store.get_run_document(ids[failed[0]])
+    if failed and not plan.continue_on_error:
+        first = min(_failures(context, 1), key=lambda entry: entry["loop_index"])
         raise NodeError(
-            f"node '{context.node_id}': iteration {failed[0]} (loop_value {params.values[failed[0]]!r}) "
-            f"{first['status']}: {first.get('error')}; continue_on_error is false, so "
-            f"{len(ids) - len(over) - len(in_flight)} iteration(s) were not started"
+            f"node '{context.node_id}': iteration {first['loop_index']} (loop_value {first['loop_value']!r}) "
+            f"{first['status']}: {first['error']}; continue_on_error is false, so "
+            f"{plan.count - started} iteration(s) were not started"
         )
-    return [_entry(context, params, i, run_id, status.get(run_id)) for i, run_id in enumerate(ids)]
+    if plan.output == "summary":
+        return _summary(context, plan, by_status, _failures(context, MAX_FAILURES_LISTED))
+    return _listed(context, plan)
 
 
-def _entry(
-    context: NodeContext, params: ParameterLoopParams, index: int, run_id: str, status: str | None
+def _plan_of(data: Mapping[str, Any], context: NodeContext) -> LoopPlan:
+    """The plan in a wait record; a record of an earlier version held the params, values
+    included: those are kept beside it now, as a new record's are."""
+    if "plan" in data:
+        return LoopPlan.model_validate(data["plan"])
+    params = ParameterLoopParams.model_validate(data["params"])
+    context.store.wait_records.put_items(context.run_id, context.node_id, params.values)
+    return LoopPlan.of(params)
+
+
+def _failures(context: NodeContext, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` iterations that did not finish, by index."""
+    fields = ("error", "variables.loop_value", "variables.loop_index")
+    docs = context.store.node_children(context.run_id, context.node_id, FAILED, fields, limit)
+    entries = [
+        {
+            "loop_index": doc["variables"]["loop_index"],
+            "loop_value": doc["variables"]["loop_value"],
+            "run_id": doc["_id"],
+            "status": doc["status"],
+            "error": doc.get("error"),
+        }
+        for doc in docs
+    ]
+    return sorted(entries, key=lambda entry: int(entry["loop_index"]))
+
+
+def _summary(
+    context: NodeContext, plan: LoopPlan, by_status: Mapping[str, int], failures: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    """The loop's output with `output: summary`: counts by outcome, and the first failures."""
+    started = sum(by_status.values())
+    over = sum(by_status.get(status, 0) for status in RUN_OVER)
+    return {
+        "iterations": plan.count,
+        "finished": by_status.get("finished", 0),
+        "failed": over - by_status.get("finished", 0),
+        "timeout": started - over,
+        "not_started": plan.count - started,
+        "by_status": dict(sorted(by_status.items())),
+        "failures": failures,
+        "run_id_prefix": f"{child_run_id(context.run_id, context.node_id)}.",
+    }
+
+
+def _listed(context: NodeContext, plan: LoopPlan) -> list[dict[str, Any]]:
+    """The loop's output with `output: list`: one entry per value, in order."""
+    docs = context.store.node_children(context.run_id, context.node_id, fields=("error", "nodes.body.output"))
+    by_id = {doc["_id"]: doc for doc in docs}
+    values = _values(context, 0, plan.count)
+    return [
+        _entry(index, value, child_run_id(context.run_id, context.node_id, index), by_id)
+        for index, value in enumerate(values)
+    ]
+
+
+def _entry(index: int, value: Any, run_id: str, docs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """One iteration's line of the loop's output."""
-    entry: dict[str, Any] = {"loop_index": index, "loop_value": params.values[index], "run_id": run_id}
-    if status is None:
+    entry: dict[str, Any] = {"loop_index": index, "loop_value": value, "run_id": run_id}
+    doc = docs.get(run_id)
+    if doc is None:
         return entry | {"status": "not_started", "output": None, "error": "the loop timed out first"}
+    status = doc["status"]
     if status not in RUN_OVER:
         return entry | {"status": "timeout", "output": None, "error": f"still {status} at the loop's timeout"}
-    doc = context.store.get_run_document(run_id)
     body = doc.get("nodes", {}).get(BODY_NODE, {})
     return entry | {"status": status, "output": body.get("output"), "error": doc.get("error")}
 

@@ -260,6 +260,8 @@
       var error = setText(main, "run-error", run.error || "");
       if (error) error.hidden = !run.error;
       Object.keys(run.nodes || {}).forEach(function (id) { updateNode(id, run.nodes[id]); });
+      var omitted = setText(main, "results-omitted", run.results_omitted || "");
+      if (omitted) omitted.hidden = !run.results_omitted;
       setText(main, "results", pretty(run.results));
       updateChildren(run.children || []);
       polls += 1;
