@@ -34,7 +34,7 @@ task_track_started = False
 worker_hijack_root_logger = False
 
 # `orchestrator beat` also runs the sweeper and reconciler (every ORCH_SWEEP_S, set by
-# orchestrator.app.create_app): waits whose poll was lost, runs never sent, and runs whose
+# orchestrator.engine.app.create_app): waits whose poll was lost, runs never sent, and runs whose
 # messages were lost or whose worker died are sent again from their documents.
 beat_schedule = {
     "orchestrator-sweep-waits": {

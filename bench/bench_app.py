@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from orchestrator.factory import create_app
+from orchestrator.engine.factory import create_app
 
 QUEUE_ENV = "BENCH_QUEUE"
 

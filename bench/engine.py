@@ -51,11 +51,11 @@ import redis
 from celery import chain
 
 from orchestrator.api import Orchestrator
-from orchestrator.app import OrchestratorApp
-from orchestrator.embedded import Service, private_stack, stop_process
-from orchestrator.factory import create_app
-from orchestrator.models import Run
+from orchestrator.engine.app import OrchestratorApp
+from orchestrator.engine.factory import create_app
+from orchestrator.services.embedded import Service, private_stack, stop_process
 from orchestrator.settings import Settings
+from orchestrator.store.models import Run
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: `bench` is not an installed package

@@ -42,10 +42,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from orchestrator import Orchestrator  # noqa: E402
-from orchestrator.embedded import Service, free_port, start_mongo, start_redis  # noqa: E402
-from orchestrator.processes import spawn, stop_process  # noqa: E402
+from orchestrator.services.embedded import Service, free_port, start_mongo, start_redis  # noqa: E402
+from orchestrator.services.processes import spawn, stop_process  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
-from orchestrator.user_lists import UserLists  # noqa: E402
+from orchestrator.store.user_lists import UserLists  # noqa: E402
 
 CHILD = {
     "name": "Fault Child",

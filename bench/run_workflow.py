@@ -78,10 +78,10 @@ from bench.store_floor import (  # noqa: E402
     ratio_floor,
 )
 from orchestrator.api import Orchestrator  # noqa: E402
-from orchestrator.app import OrchestratorApp  # noqa: E402
-from orchestrator.child_runs import child_run_id  # noqa: E402
 from orchestrator.constants import RUN_OVER  # noqa: E402
-from orchestrator.models import Run  # noqa: E402
+from orchestrator.engine.app import OrchestratorApp  # noqa: E402
+from orchestrator.engine.child_runs import child_run_id  # noqa: E402
+from orchestrator.store.models import Run  # noqa: E402
 
 STAMP_TASK = "bench.stamp"
 POLL_S = 0.002  # how often a raw task's result is looked for

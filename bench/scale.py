@@ -85,9 +85,9 @@ from bench.engine import (  # noqa: E402
 from bench.run_workflow import store_time_per_child  # noqa: E402
 from bench.store_floor import ratio_floor  # noqa: E402
 from orchestrator.api import Orchestrator  # noqa: E402
-from orchestrator.app import OrchestratorApp  # noqa: E402
-from orchestrator.child_runs import child_run_id  # noqa: E402
 from orchestrator.constants import NODE_OVER, RUN_OVER  # noqa: E402
+from orchestrator.engine.app import OrchestratorApp  # noqa: E402
+from orchestrator.engine.child_runs import child_run_id  # noqa: E402
 from orchestrator.errors import WaitTimeout  # noqa: E402
 from workers.parameter_loop import MAX_LISTED  # noqa: E402
 

@@ -26,9 +26,9 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 
-from orchestrator.compiler import WIDE_NODES
-from orchestrator.models import new_run_document
-from orchestrator.store import SIZED, node_projection
+from orchestrator.engine.compiler import WIDE_NODES
+from orchestrator.store.models import new_run_document
+from orchestrator.store.run_store import SIZED, node_projection
 
 Document = dict[str, Any]
 

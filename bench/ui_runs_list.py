@@ -27,9 +27,9 @@ import httpx
 
 from orchestrator.api import Orchestrator
 from orchestrator.constants import RUN_STATUSES
-from orchestrator.embedded import start_mongo
-from orchestrator.models import epoch_ms, new_run_document, new_run_id, utcnow
+from orchestrator.services.embedded import start_mongo
 from orchestrator.settings import Settings
+from orchestrator.store.models import epoch_ms, new_run_document, new_run_id, utcnow
 from orchestrator.ui.server import ServerThread
 
 BUDGET_MS = 100.0

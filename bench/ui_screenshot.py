@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.api import Orchestrator
-from orchestrator.embedded import start_mongo, start_redis
-from orchestrator.processes import stop_process
+from orchestrator.services.embedded import start_mongo, start_redis
+from orchestrator.services.processes import stop_process
 from orchestrator.settings import Settings
 from orchestrator.ui.server import ServerThread
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
+    from orchestrator.definitions.spec import NodeSpec, WorkflowSpec
+    from orchestrator.engine.registry import NodeContext, NodeType, Wait
     from orchestrator.errors import (
         NodeError,
         OrchestratorError,
@@ -24,9 +26,7 @@ if TYPE_CHECKING:
         WorkflowNotFound,
         WorkflowValidationError,
     )
-    from orchestrator.models import NodeState, Run
-    from orchestrator.registry import NodeContext, NodeType
-    from orchestrator.spec import NodeSpec, WorkflowSpec
+    from orchestrator.store.models import NodeState, Run
 
 _WHERE = {
     "Orchestrator": "orchestrator.api",
@@ -40,12 +40,13 @@ _WHERE = {
     "WaitTimeout": "orchestrator.errors",
     "WorkflowNotFound": "orchestrator.errors",
     "WorkflowValidationError": "orchestrator.errors",
-    "NodeState": "orchestrator.models",
-    "Run": "orchestrator.models",
-    "NodeContext": "orchestrator.registry",
-    "NodeType": "orchestrator.registry",
-    "NodeSpec": "orchestrator.spec",
-    "WorkflowSpec": "orchestrator.spec",
+    "NodeState": "orchestrator.store.models",
+    "Run": "orchestrator.store.models",
+    "NodeContext": "orchestrator.engine.registry",
+    "NodeType": "orchestrator.engine.registry",
+    "Wait": "orchestrator.engine.registry",
+    "NodeSpec": "orchestrator.definitions.spec",
+    "WorkflowSpec": "orchestrator.definitions.spec",
 }
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "ServiceUnavailable",
     "StoreError",
     "TemplateError",
+    "Wait",
     "WaitTimeout",
     "WorkflowNotFound",
     "WorkflowSpec",

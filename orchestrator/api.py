@@ -14,20 +14,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.constants import NODE_LOGS
+from orchestrator.definitions.spec import WorkflowSpec, parse_workflow
+from orchestrator.definitions.workflow_files import load_workflow_file
+from orchestrator.engine.outages import service_error
 from orchestrator.errors import OrchestratorError, RunNotSent, ServiceUnavailable, WaitTimeout
-from orchestrator.history import RunFilter, RunPage
-from orchestrator.models import Run, new_run_id
-from orchestrator.node_logs import NodeLog, read_logs
-from orchestrator.outages import service_error
 from orchestrator.settings import Settings
-from orchestrator.spec import WorkflowSpec, parse_workflow
-from orchestrator.store import open_store
+from orchestrator.store.history import RunFilter, RunPage
+from orchestrator.store.models import Run, new_run_id
+from orchestrator.store.node_logs import NodeLog, read_logs
+from orchestrator.store.run_store import open_store
 from orchestrator.urls import redact
-from orchestrator.workflow_files import load_workflow_file
 
 if TYPE_CHECKING:
-    from orchestrator.app import OrchestratorApp
-    from orchestrator.registry import Registry
+    from orchestrator.engine.app import OrchestratorApp
+    from orchestrator.engine.registry import Registry
 
 
 def _ids(**named: object) -> None:
@@ -73,7 +73,7 @@ class Orchestrator:
     @cached_property
     def app(self) -> OrchestratorApp:
         """The Celery app, made on first use; it shares this object's run store."""
-        from orchestrator.factory import create_app
+        from orchestrator.engine.factory import create_app
 
         app = create_app(self.settings)
         app.__dict__["store"] = self.store  # one MongoDB client, not two
@@ -123,7 +123,7 @@ class Orchestrator:
         """The node types workflows may use (their modules are imported only when asked about)."""
         if "app" in self.__dict__:
             return self.app.registry
-        from orchestrator.registry import load_registry
+        from orchestrator.engine.registry import load_registry
 
         return load_registry(tuple(self.settings.plugin_modules))
 
@@ -148,7 +148,7 @@ class Orchestrator:
             RunNotSent: the run is stored but Redis did not take its first message; it is
                 sent later (by the sweeper, or by a trigger with the same `run_id`).
         """
-        from orchestrator.launcher import launch_run
+        from orchestrator.engine.launcher import launch_run
 
         _ids(workflow_name=name, run_id=run_id)
         spec = self.store.get_workflow(name)
@@ -179,7 +179,7 @@ class Orchestrator:
             on_progress: called with the run each time it is read (for progress displays).
             poll_s: seconds between reads of the run document while no notice comes.
         """
-        from orchestrator.run_ends import RunEndListener
+        from orchestrator.engine.run_ends import RunEndListener
 
         _ids(run_id=run_id)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -229,7 +229,7 @@ class Orchestrator:
         Its running nodes are stopped where they run (their tasks revoked and terminated),
         its waiting nodes end as `cancelled`, and nothing recorded afterwards changes it.
         """
-        from orchestrator.cancel import cancel_run
+        from orchestrator.engine.cancel import cancel_run
 
         _ids(run_id=run_id)
         return cancel_run(self.app, run_id, cascade=cascade)
@@ -254,7 +254,7 @@ class Orchestrator:
         outputs of the nodes that finished and runs only the others (the failed ones and
         those after them); with `from_node`, it runs that node and every node after it.
         """
-        from orchestrator.reruns import rerun
+        from orchestrator.engine.reruns import rerun
 
         _ids(run_id=run_id, node_id=from_node)
         return rerun(self.app, run_id, from_failed=from_failed, from_node=from_node)
@@ -262,7 +262,7 @@ class Orchestrator:
     def delete_workflow(self, name: str, force: bool = False) -> None:
         """Remove a registered workflow (its runs stay). Refused (`OrchestratorError`) while it
         has active runs, unless `force`: those runs then cannot be resumed after a crash."""
-        from orchestrator.reruns import delete_workflow
+        from orchestrator.engine.reruns import delete_workflow
 
         _ids(workflow_name=name)
         delete_workflow(self.store, name, force=force)

@@ -11,8 +11,8 @@ connects to nothing: Redis and MongoDB are reached only when the app is used.
 
 from __future__ import annotations
 
-from orchestrator.app import OrchestratorApp
-from orchestrator.factory import create_app
+from orchestrator.engine.app import OrchestratorApp
+from orchestrator.engine.factory import create_app
 
 __all__ = ["app"]
 

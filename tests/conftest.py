@@ -29,7 +29,7 @@ from click.testing import CliRunner
 
 from orchestrator import Orchestrator
 from orchestrator.constants import NODE_LOGS, WAIT_ITEMS, WAITS
-from orchestrator.embedded import (
+from orchestrator.services.embedded import (
     claim_empty_redis_db,
     mongo_answers,
     private_stack,
@@ -37,9 +37,9 @@ from orchestrator.embedded import (
     release_redis_db,
     stop_process,
 )
-from orchestrator.models import Run, epoch_ms, new_run_document, new_run_id
 from orchestrator.settings import Settings
-from orchestrator.store import RunStore
+from orchestrator.store.models import Run, epoch_ms, new_run_document, new_run_id
+from orchestrator.store.run_store import RunStore
 from orchestrator.urls import redact
 
 ROOT = Path(__file__).resolve().parent.parent

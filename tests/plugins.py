@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from orchestrator.engine.registry import NodeContext, NodeType
 from orchestrator.errors import NodeError
-from orchestrator.handoff import SIZE_KEY
-from orchestrator.registry import NodeContext, NodeType
+from orchestrator.store.handoff import SIZE_KEY
 
 
 class FlakyParams(BaseModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.embedded import free_port
+from orchestrator.services.embedded import free_port
 from orchestrator.settings import Settings
 from tests.conftest import new_run
 

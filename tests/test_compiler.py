@@ -8,11 +8,11 @@ import pytest
 from celery import chord, group
 from celery.canvas import Signature, _chain
 
-from orchestrator.app import OrchestratorApp
-from orchestrator.compiler import compile_workflow
-from orchestrator.factory import create_app
+from orchestrator.definitions.spec import parse_workflow
+from orchestrator.engine.app import OrchestratorApp
+from orchestrator.engine.compiler import compile_workflow
+from orchestrator.engine.factory import create_app
 from orchestrator.settings import Settings
-from orchestrator.spec import parse_workflow
 
 
 @pytest.fixture(scope="module")

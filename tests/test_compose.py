@@ -450,7 +450,7 @@ def test_worker_app_module_builds_the_app_with_every_task_without_connecting(
 ) -> None:
     from celery.app.utils import find_app
 
-    from orchestrator.app import OrchestratorApp
+    from orchestrator.engine.app import OrchestratorApp
 
     monkeypatch.setenv("REDIS_URL", "redis://compose-test.invalid:6379/0")
     monkeypatch.setenv("MONGO_URL", "mongodb://compose-test.invalid:27017/orchestrator")

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from orchestrator import Orchestrator
-from orchestrator.models import Run
+from orchestrator.store.models import Run
 from tests.conftest import workflow
 from workers.condition import ConditionParams, decide
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 from pymongo import MongoClient
 
-from orchestrator.embedded import free_port, start_mongo, start_redis
+from orchestrator.services.embedded import free_port, start_mongo, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,12 +8,12 @@ import pytest
 from kombu.exceptions import OperationalError
 
 from orchestrator import Orchestrator
-from orchestrator.embedded import free_port
-from orchestrator.factory import create_app
-from orchestrator.launcher import launch_run, prepare_run, relaunch_undispatched
-from orchestrator.models import utcnow
+from orchestrator.definitions.spec import WorkflowSpec
+from orchestrator.engine.factory import create_app
+from orchestrator.engine.launcher import launch_run, prepare_run, relaunch_undispatched
+from orchestrator.services.embedded import free_port
 from orchestrator.settings import Settings
-from orchestrator.spec import WorkflowSpec
+from orchestrator.store.models import utcnow
 from tests.conftest import new_run, wait_for, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")

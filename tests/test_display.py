@@ -7,8 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator.display import run_tree
-from orchestrator.models import Run
+from orchestrator.store.models import Run
+from orchestrator.views.display import run_tree
 
 CREATED = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 

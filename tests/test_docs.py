@@ -25,9 +25,9 @@ from pydantic import BaseModel
 
 import workers
 from orchestrator.cli import main
-from orchestrator.registry import load_registry
+from orchestrator.definitions.spec import parse_workflow
+from orchestrator.engine.registry import load_registry
 from orchestrator.settings import ENV_VARS
-from orchestrator.spec import parse_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

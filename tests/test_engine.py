@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.handoff import snapshot_after
-from orchestrator.models import Run
+from orchestrator.store.handoff import snapshot_after
+from orchestrator.store.models import Run
 from tests.conftest import not_none, wait_for, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.user_lists import UserLists
+from orchestrator.store.user_lists import UserLists
 from tests.conftest import ROOT, as_dict, output_of
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -10,9 +10,9 @@ from celery.utils.saferepr import saferepr
 
 from orchestrator import Orchestrator
 from orchestrator.constants import HAND_ON_MAX_BYTES
-from orchestrator.handoff import SIZE_KEY, document_size, snapshot_after, snapshot_of
-from orchestrator.models import node_state
-from orchestrator.store import RunStore
+from orchestrator.store.handoff import SIZE_KEY, document_size, snapshot_after, snapshot_of
+from orchestrator.store.models import node_state
+from orchestrator.store.run_store import RunStore
 from tests.conftest import new_run
 
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.history import INDEXES, NEWEST_FIRST, BadFilter, RunFilter, decode_cursor
-from orchestrator.models import epoch_ms
+from orchestrator.store.history import INDEXES, NEWEST_FIRST, BadFilter, RunFilter, decode_cursor
+from orchestrator.store.models import epoch_ms
 from tests.conftest import new_run
 
 EQUALITY_FILTERS = {

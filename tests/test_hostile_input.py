@@ -15,8 +15,8 @@ from click.testing import CliRunner, Result
 
 from orchestrator import Orchestrator
 from orchestrator.cli import main
+from orchestrator.definitions.templating import CACHE_SIZE, render
 from orchestrator.errors import TemplateError, WorkflowValidationError
-from orchestrator.templating import CACHE_SIZE, render
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -157,7 +157,7 @@ def test_render_of_a_string_doubled_in_a_namespace_is_refused() -> None:
 
 
 def test_compiled_templates_are_kept_in_a_bounded_cache() -> None:
-    from orchestrator.templating import _compiled_template
+    from orchestrator.definitions.templating import _compiled_template
 
     for index in range(CACHE_SIZE + 50):
         assert render(f"n{{{{ {index} }}}}", {}, "here") == f"n{index}"

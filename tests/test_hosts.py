@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.embedded import Service, free_port, start_mongo, start_redis
-from orchestrator.processes import spawn
-from orchestrator.reconciler import reconcile
+from orchestrator.engine.reconciler import reconcile
+from orchestrator.services.embedded import Service, free_port, start_mongo, start_redis
+from orchestrator.services.processes import spawn
 from orchestrator.settings import Settings
 from tests.conftest import PLUGINS, ROOT, wait_for, worker_env, workflow
 

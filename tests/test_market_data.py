@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 from orchestrator import Orchestrator
+from orchestrator.engine.registry import NodeContext
 from orchestrator.errors import NodeError
-from orchestrator.registry import NodeContext
 from orchestrator.settings import Settings
 from tests.conftest import output_of, workflow
 from workers import market_data

@@ -8,9 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from orchestrator import Orchestrator
+from orchestrator.definitions.templating import build_scope
 from orchestrator.errors import NodeError
-from orchestrator.models import Run
-from orchestrator.templating import build_scope
+from orchestrator.store.models import Run
 from tests.conftest import workflow
 from workers.merge import add, concat
 from workers.sort_filter import SortFilterParams, keep, lookup, sort_items

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from orchestrator.child_runs import called_workflows
-from orchestrator.mermaid import STATUS_CLASSES, escape_label, mermaid_id, run_mermaid, workflow_mermaid
-from orchestrator.models import Run
-from orchestrator.spec import WorkflowSpec, parse_workflow
-from orchestrator.workflow_view import describe_workflow, next_firings
+from orchestrator.definitions.spec import WorkflowSpec, parse_workflow
+from orchestrator.engine.child_runs import called_workflows
+from orchestrator.store.models import Run
+from orchestrator.views.mermaid import STATUS_CLASSES, escape_label, mermaid_id, run_mermaid, workflow_mermaid
+from orchestrator.views.workflow_view import describe_workflow, next_firings
 
 NOW = datetime(2026, 3, 28, 12, 0, tzinfo=UTC)  # the day before Europe's clocks go forward
 

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from orchestrator import Orchestrator
 from orchestrator.cli import main
-from orchestrator.node_logs import MAX_LOG_BYTES
 from orchestrator.settings import Settings
+from orchestrator.store.node_logs import MAX_LOG_BYTES
 from tests.conftest import WorkerProcess, wait_for, workflow
 
 SECRET = "sk-live-7f3a9c2e51"

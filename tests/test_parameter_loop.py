@@ -9,8 +9,8 @@ import pytest
 from orchestrator import Orchestrator
 from orchestrator.constants import WAIT_ITEMS
 from orchestrator.errors import WorkflowValidationError
-from orchestrator.models import Run
-from orchestrator.wait_records import ITEMS_PER_CHUNK
+from orchestrator.store.models import Run
+from orchestrator.store.wait_records import ITEMS_PER_CHUNK
 from tests.conftest import as_list, not_none, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")

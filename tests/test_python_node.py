@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
+from orchestrator.engine.registry import NodeContext
 from orchestrator.errors import NodeError, NodeTimeout
-from orchestrator.registry import NodeContext
 from orchestrator.settings import Settings
 from tests.conftest import WorkerProcess, suite_sandbox, workflow
 from workers.python import PythonParams, interpret

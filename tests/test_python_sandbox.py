@@ -27,10 +27,10 @@ import redis
 from pydantic import ValidationError
 
 from orchestrator import Orchestrator
+from orchestrator.engine.registry import NodeContext
 from orchestrator.errors import NodeError
-from orchestrator.models import Run
-from orchestrator.registry import NodeContext
 from orchestrator.settings import Settings
+from orchestrator.store.models import Run
 from tests.conftest import PLUGINS, ROOT, WorkerProcess, as_dict, wait_for, workflow
 from workers.python import BWRAP_NEEDED, LOG_PREFIX, PythonParams, bwrap_problem
 from workers.python import run as run_python

@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from orchestrator import Orchestrator
-from orchestrator.embedded import Service, free_port, start_mongo
-from orchestrator.models import Run
-from orchestrator.reconciler import reconcile
+from orchestrator.engine.reconciler import reconcile
+from orchestrator.services.embedded import Service, free_port, start_mongo
 from orchestrator.settings import Settings
+from orchestrator.store.models import Run
 from tests.conftest import PLUGINS, WorkerProcess, wait_for, workflow
 
 LEASE_S = 3.0  # short, so that a lost worker is noticed within seconds
@@ -120,7 +120,7 @@ def test_a_message_thought_lost_that_turns_up_later_changes_nothing(stack: Stack
     stack.orch.register(chain_of("Twice", {"type": "count", "params": {"key": "Twice-middle"}}))
     run_id = stack.orch.trigger("Twice")  # its message waits: no worker yet
     doc = stack.orch.store.get_run_document(run_id)
-    from orchestrator.reconciler import resume
+    from orchestrator.engine.reconciler import resume
 
     assert resume(stack.orch.app, doc, "a test says so")  # the rest sent again, a new epoch
     stack.start_worker()  # both the first message and the new ones are delivered

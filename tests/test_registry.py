@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from orchestrator.engine.registry import NodeContext, NodeType, Registry, builtin_modules
 from orchestrator.errors import ConfigurationError
-from orchestrator.registry import NodeContext, NodeType, Registry, builtin_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("pandas", "numpy", "ta", "telegram", "httpx")
 BUILD_APP = """
-from orchestrator.factory import create_app
+from orchestrator.engine.factory import create_app
 from orchestrator.settings import Settings
 
 app = create_app(Settings(REDIS_URL="redis://127.0.0.1:1/0", MONGO_URL="mongodb://127.0.0.1:1/x"))
@@ -95,7 +95,7 @@ def test_registry_get_when_a_module_defines_a_type_of_another_name_then_configur
 def test_registry_names_when_asked_then_lists_every_builtin_type_without_importing_it() -> None:
     modules = imported_by(
         """
-from orchestrator.registry import builtin_modules, load_registry
+from orchestrator.engine.registry import builtin_modules, load_registry
 
 names = load_registry().names()
 assert names == [m.removeprefix("workers.") for m in builtin_modules()], names
@@ -110,8 +110,8 @@ def test_compiling_a_workflow_when_it_has_only_set_nodes_then_no_other_node_type
     modules = imported_by(
         BUILD_APP
         + """
-from orchestrator.compiler import compile_workflow
-from orchestrator.spec import parse_workflow
+from orchestrator.engine.compiler import compile_workflow
+from orchestrator.definitions.spec import parse_workflow
 
 spec = parse_workflow(
     {"name": "W", "nodes": [{"id": "a", "type": "set"}, {"id": "b", "type": "set", "after": ["a"]}]}
@@ -130,8 +130,8 @@ assert canvas.tasks[0].kwargs["hand_on"] is True
 def test_checking_a_workflow_imports_the_modules_of_its_own_types_only_and_no_heavy_library() -> None:
     modules = imported_by(
         """
-from orchestrator.registry import load_registry
-from orchestrator.spec import parse_workflow
+from orchestrator.engine.registry import load_registry
+from orchestrator.definitions.spec import parse_workflow
 
 parse_workflow(
     {

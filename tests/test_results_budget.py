@@ -23,11 +23,11 @@ from rich.console import Console
 
 from orchestrator import Orchestrator
 from orchestrator.cli import main
-from orchestrator.display import run_view
-from orchestrator.models import Run
-from orchestrator.outcome import Outcome, run_outcome
+from orchestrator.engine.outcome import Outcome, run_outcome
 from orchestrator.settings import Settings
+from orchestrator.store.models import Run
 from orchestrator.ui.server import ServerThread
+from orchestrator.views.display import run_view
 from tests.conftest import WorkerProcess, new_run, workflow
 
 BUDGET = 16 * 1024  # the smallest ORCH_MAX_RUN_DOC_BYTES there is

@@ -9,9 +9,9 @@ import pytest
 import redis
 
 from orchestrator import Orchestrator
-from orchestrator.embedded import free_port
-from orchestrator.models import Run
-from orchestrator.run_ends import RunEndListener, announce_run_end
+from orchestrator.engine.run_ends import RunEndListener, announce_run_end
+from orchestrator.services.embedded import free_port
+from orchestrator.store.models import Run
 from tests.conftest import wait_for, workflow
 
 NEVER = 60.0  # a poll interval no test waits out: a wait that returns sooner heard the notice

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.models import Run
+from orchestrator.engine.waiting import sweep_waits
 from orchestrator.settings import Settings
-from orchestrator.waiting import sweep_waits
+from orchestrator.store.models import Run
 from tests.conftest import WorkerProcess, as_dict, not_none, output_of, wait_for, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -20,16 +20,16 @@ import pytest
 from pydantic import ValidationError
 
 from orchestrator import Orchestrator
-from orchestrator.embedded import stop_process
-from orchestrator.models import utcnow
-from orchestrator.schedules import (
+from orchestrator.engine.schedules import (
     SlotPlanner,
     WorkflowSchedule,
     WorkflowScheduler,
     run_id_for,
     schedule_of,
 )
+from orchestrator.services.embedded import stop_process
 from orchestrator.settings import Settings
+from orchestrator.store.models import utcnow
 from tests.conftest import ROOT, WorkerProcess, wait_for, worker_env, workflow
 
 REFRESH_S = "0.3"

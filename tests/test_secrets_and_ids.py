@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from orchestrator import Orchestrator, OrchestratorError
-from orchestrator.secrets import looks_secret
+from orchestrator.definitions.secrets import looks_secret
 from orchestrator.settings import Settings
 from tests.conftest import PLUGINS, WorkerProcess, workflow
 

@@ -10,10 +10,10 @@ from celery import chord, group
 from celery.canvas import Signature, _chain
 
 from orchestrator import Orchestrator
-from orchestrator.compiler import compile_workflow
 from orchestrator.constants import CONTINUE_TASK
-from orchestrator.segments import SEGMENT_NODES, hand_over, tail_from
-from orchestrator.spec import parse_workflow
+from orchestrator.definitions.spec import parse_workflow
+from orchestrator.engine.compiler import compile_workflow
+from orchestrator.engine.segments import SEGMENT_NODES, hand_over, tail_from
 from tests.conftest import as_dict, workflow
 
 pytestmark = pytest.mark.timeout(120)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.definitions.spec import parse_workflow
+from orchestrator.definitions.workflow_files import load_workflow_file
 from orchestrator.errors import WorkflowValidationError
-from orchestrator.spec import parse_workflow
-from orchestrator.workflow_files import load_workflow_file
 
 KNOWN = ["set", "sleep", "condition"]
 
@@ -130,7 +130,7 @@ def test_unparsable_yaml_says_so(tmp_path: Path) -> None:
 
 
 def test_examples_are_valid() -> None:
-    from orchestrator.registry import load_registry
+    from orchestrator.engine.registry import load_registry
 
     known = load_registry().names()
     for path in sorted((Path(__file__).parent.parent / "examples" / "workflows").glob("*.yaml")):
@@ -154,8 +154,8 @@ def test_a_bad_schedule_is_refused_at_load_time(schedule: dict[str, str], messag
 def test_a_node_type_cannot_be_both_pure_and_waiting() -> None:
     from pydantic import BaseModel
 
+    from orchestrator.engine.registry import NodeType
     from orchestrator.errors import ConfigurationError
-    from orchestrator.registry import NodeType
 
     with pytest.raises(ConfigurationError, match="'waits_purely' cannot be pure and wait"):
         NodeType(
@@ -168,7 +168,7 @@ def test_a_node_type_cannot_be_both_pure_and_waiting() -> None:
 
 
 def test_the_built_in_logic_types_are_pure_and_those_with_effects_are_not() -> None:
-    from orchestrator.registry import load_registry
+    from orchestrator.engine.registry import load_registry
 
     pure = {name for name, node_type in load_registry().types.items() if node_type.pure}
     assert pure == {"set", "condition", "merge", "sort_filter"}

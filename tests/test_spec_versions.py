@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 from orchestrator import Orchestrator
 from orchestrator.cli import main
-from orchestrator.compiler import compile_workflow
 from orchestrator.constants import WORKFLOW_VERSIONS
-from orchestrator.spec import parse_workflow
-from orchestrator.spec_versions import spec_digest
+from orchestrator.definitions.spec import parse_workflow
+from orchestrator.engine.compiler import compile_workflow
+from orchestrator.store.spec_versions import spec_digest
 from tests.conftest import wait_for, workflow
 
 pytestmark = [pytest.mark.usefixtures("worker"), pytest.mark.timeout(60)]

@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.embedded import free_port
-from orchestrator.processes import stop_process
+from orchestrator.services.embedded import free_port
+from orchestrator.services.processes import stop_process
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

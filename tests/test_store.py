@@ -9,8 +9,8 @@ import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.errors import DocumentTooLarge, RunNotFound, WorkflowNotFound
-from orchestrator.models import new_run_document, new_run_id, node_state
-from orchestrator.store import NodeStart, RunStore
+from orchestrator.store.models import new_run_document, new_run_id, node_state
+from orchestrator.store.run_store import NodeStart, RunStore
 from tests.conftest import new_run, not_none
 
 
@@ -218,7 +218,7 @@ def test_runs_are_listed_newest_first_with_filters(store: RunStore) -> None:
 
 
 def test_the_history_indexes_exist_after_start_up(store: RunStore) -> None:
-    from orchestrator.history import INDEXES
+    from orchestrator.store.history import INDEXES
 
     store.ensure_indexes()
     # nx-27017 names indexes its own way and holds no `_id` in them: compare the other fields.

@@ -19,10 +19,10 @@ from urllib.parse import parse_qsl
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.embedded import stop_process
+from orchestrator.engine.factory import create_app
+from orchestrator.engine.registry import NodeContext
 from orchestrator.errors import NodeError, NodeTimeout
-from orchestrator.factory import create_app
-from orchestrator.registry import NodeContext
+from orchestrator.services.embedded import stop_process
 from orchestrator.settings import Settings
 from tests.conftest import ROOT, wait_for, worker_env, workflow
 from workers.telegram_notify import MAX_MESSAGE_LENGTH, TelegramNotifyParams, run, split_text

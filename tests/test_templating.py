@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import JsonValue
 
+from orchestrator.definitions.templating import build_scope, referenced_nodes, render
 from orchestrator.errors import TemplateError
-from orchestrator.templating import build_scope, referenced_nodes, render
 
 VARIABLES: dict[str, Any] = {
     "symbol": "BTCUSD",

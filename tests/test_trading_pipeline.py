@@ -8,8 +8,8 @@ import pytest
 
 from orchestrator import Orchestrator
 from orchestrator.constants import RUN_OVER
-from orchestrator.models import Run
-from orchestrator.user_lists import UserLists
+from orchestrator.store.models import Run
+from orchestrator.store.user_lists import UserLists
 from tests.conftest import ROOT, as_dict, output_of, wait_for
 
 pytestmark = pytest.mark.usefixtures("worker")

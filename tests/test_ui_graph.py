@@ -6,7 +6,7 @@ import re
 from itertools import pairwise
 from xml.etree import ElementTree
 
-from orchestrator.spec import WorkflowSpec
+from orchestrator.definitions.spec import WorkflowSpec
 from orchestrator.ui.graph import GraphNode, NodeView, crossings, layers_of, layout, render_svg, run_nodes
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -23,7 +23,7 @@ import pytest
 import redis
 from pymongo import MongoClient
 
-from orchestrator.embedded import Service, start_mongo, start_redis
+from orchestrator.services.embedded import Service, start_mongo, start_redis
 from orchestrator.urls import with_mongo_database
 
 ROOT = Path(__file__).resolve().parent.parent

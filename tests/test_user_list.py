@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from orchestrator import Orchestrator, WorkflowValidationError
 from orchestrator.cli import main
 from orchestrator.settings import Settings
-from orchestrator.store import connect
-from orchestrator.user_lists import ITEMS, LISTS, UserLists
+from orchestrator.store.run_store import connect
+from orchestrator.store.user_lists import ITEMS, LISTS, UserLists
 from tests.conftest import as_list, output_of, workflow
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.compiler import WIDE_NODES, compile_workflow, node_reads
-from orchestrator.spec import NodeSpec, parse_workflow
-from orchestrator.template_refs import nodes_read
+from orchestrator.definitions.spec import NodeSpec, parse_workflow
+from orchestrator.definitions.template_refs import nodes_read
+from orchestrator.engine.compiler import WIDE_NODES, compile_workflow, node_reads
 from tests.conftest import as_dict, workflow
 
 WIDTH = WIDE_NODES + 10

@@ -1,1 +1,1 @@
-"""Node types: one module per type, each exposing `node_type` (see `orchestrator.registry`)."""
+"""Node types: one module per type, each exposing `node_type` (see `orchestrator.engine.registry`)."""

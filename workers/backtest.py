@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from orchestrator.registry import NodeContext, NodeType
+from orchestrator.engine.registry import NodeContext, NodeType
 from workers.indicators import CandleSource, IndicatorSettings, candles_of, indicator_table
 from workers.market_data import INTERVALS, Interval, iso_datetimes
 from workers.signals import RuleParams, decide, rule_votes

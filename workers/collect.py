@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.constants import RUN_OVER
-from orchestrator.registry import NodeContext, NodeType, Wait
+from orchestrator.engine.registry import NodeContext, NodeType, Wait
 
 
 class CollectParams(BaseModel):

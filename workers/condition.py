@@ -5,7 +5,7 @@ such as `"{{ nodes.analyze.output.volatility > threshold }}"` comes back as a na
 Any other value is read with Python truthiness (`0`, `""`, `[]`, `{}` and `null` are false;
 note that the *text* `"false"` is a non-empty string, hence true) and the output says which
 type was coerced, so a template that renders as text instead of a bool is visible in the run.
-The engine skips the branch not taken (`orchestrator.outcome`) from the output's `branch`.
+The engine skips the branch not taken (`orchestrator.engine.outcome`) from the output's `branch`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from orchestrator.registry import NodeContext, NodeType
+from orchestrator.engine.registry import NodeContext, NodeType
 
 
 class ConditionParams(BaseModel):

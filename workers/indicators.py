@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.engine.registry import NodeContext, NodeType
 from orchestrator.errors import NodeError
-from orchestrator.registry import NodeContext, NodeType
 from workers.market_data import clean_candles, iso_datetimes
 
 if TYPE_CHECKING:  # imported where used: checking a workflow imports this module, not them

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.engine.registry import NodeContext, NodeType
 from orchestrator.errors import NodeError
-from orchestrator.registry import NodeContext, NodeType
 
 if TYPE_CHECKING:  # imported where used: checking a workflow imports this module, not them
     import httpx

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.engine.registry import NodeContext, NodeType
 from orchestrator.errors import NodeError
-from orchestrator.registry import NodeContext, NodeType
 
 Mode = Literal["object", "concat", "sum"]
 

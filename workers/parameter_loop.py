@@ -25,14 +25,14 @@ from typing import Any, Literal, Self
 from celery import group
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
-from orchestrator.app import app_of
-from orchestrator.child_runs import child_run_id
 from orchestrator.constants import RUN_OVER
+from orchestrator.definitions.spec import NodeSpec, WorkflowSpec
+from orchestrator.definitions.templating import build_scope, render
+from orchestrator.engine.app import app_of
+from orchestrator.engine.child_runs import child_run_id
+from orchestrator.engine.launcher import Lineage, prepare_run
+from orchestrator.engine.registry import NodeContext, NodeType, Wait
 from orchestrator.errors import ConfigurationError, NodeError, OrchestratorError
-from orchestrator.launcher import Lineage, prepare_run
-from orchestrator.registry import NodeContext, NodeType, Wait
-from orchestrator.spec import NodeSpec, WorkflowSpec
-from orchestrator.templating import build_scope, render
 
 BODY_NODE = "body"
 MAX_LISTED = 2000

@@ -50,10 +50,10 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.engine.registry import NodeContext, NodeType
 from orchestrator.errors import NodeError, NodeTimeout
-from orchestrator.node_logs import NOT_FOR_NODE_LOG
-from orchestrator.processes import die_with_parent
-from orchestrator.registry import NodeContext, NodeType
+from orchestrator.services.processes import die_with_parent
+from orchestrator.store.node_logs import NOT_FOR_NODE_LOG
 
 STDERR_TAIL_BYTES = 2000
 MAX_OUTPUT_BYTES = 8 * 1024 * 1024  # the reply, and what the code prints: each

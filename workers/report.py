@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.engine.registry import NodeContext, NodeType
 from orchestrator.errors import NodeError
-from orchestrator.registry import NodeContext, NodeType
 
 
 class ReportParams(BaseModel):

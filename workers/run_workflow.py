@@ -1,6 +1,6 @@
 """`run_workflow`: start another workflow as a child run, fire-and-forget or waiting for it.
 
-Waiting holds no worker slot (see `orchestrator.waiting`); a failed child is data the parent
+Waiting holds no worker slot (see `orchestrator.engine.waiting`); a failed child is data the parent
 can branch on (`targetStatus`), never a failure of the parent node.
 """
 
@@ -11,19 +11,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from orchestrator.app import app_of
-from orchestrator.child_runs import (
+from orchestrator.constants import RUN_OVER
+from orchestrator.engine.app import app_of
+from orchestrator.engine.child_runs import (
     check_child_variables,
     child_run_id,
     finished_output,
     refused_output,
     timeout_output,
 )
-from orchestrator.constants import RUN_OVER
+from orchestrator.engine.launcher import Lineage, launch_run
+from orchestrator.engine.registry import NodeContext, NodeType, Wait
 from orchestrator.errors import WorkflowNotFound
-from orchestrator.launcher import Lineage, launch_run
-from orchestrator.models import aware, utcnow
-from orchestrator.registry import NodeContext, NodeType, Wait
+from orchestrator.store.models import aware, utcnow
 
 
 class RunWorkflowParams(BaseModel):

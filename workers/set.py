@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.registry import NodeContext, NodeType
+from orchestrator.engine.registry import NodeContext, NodeType
 
 
 class SetParams(BaseModel):

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from orchestrator.engine.registry import NodeContext, NodeType
 from orchestrator.errors import NodeError
-from orchestrator.registry import NodeContext, NodeType
 from workers.indicators import json_number
 
 if TYPE_CHECKING:  # imported where used: checking a workflow imports this module, not them

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.engine.registry import NodeContext, NodeType
 from orchestrator.errors import NodeTimeout
-from orchestrator.registry import NodeContext, NodeType
 
 
 class SleepParams(BaseModel):

@@ -23,9 +23,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from orchestrator.definitions.templating import build_scope, render
+from orchestrator.engine.registry import NodeContext, NodeType
 from orchestrator.errors import NodeError, TemplateError
-from orchestrator.registry import NodeContext, NodeType
-from orchestrator.templating import build_scope, render
 
 _WRAPPED = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)
 _MISSING = object()

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator.engine.registry import NodeContext, NodeType
 from orchestrator.errors import NodeError, NodeTimeout
-from orchestrator.registry import NodeContext, NodeType
 
 if TYPE_CHECKING:  # imported where used: checking a workflow imports this module, not them
     from telegram import Bot, Message

@@ -2,7 +2,7 @@
 
 Actions: `append` one `item`, `extend` with `items`, `read`, `clear`. Lists are created by
 their first write; reading a list never written gives no items. Storage and concurrency are
-in `orchestrator.user_lists` (one document per item, so parallel appends lose nothing); the
+in `orchestrator.store.user_lists` (one document per item, so parallel appends lose nothing); the
 same lists are shown by `orchestrator lists [NAME]`.
 
 Output: for `read` `{list, items, count}`; for writes `{list, count}` (the count after the
@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from orchestrator.registry import NodeContext, NodeType
-from orchestrator.user_lists import UserLists
+from orchestrator.engine.registry import NodeContext, NodeType
+from orchestrator.store.user_lists import UserLists
 
 Action = Literal["append", "extend", "read", "clear"]
 

@@ -63,7 +63,7 @@ from bench.peers.processes import (  # noqa: E402
     wait_http,
 )
 from bench.peers.report import Figures, table  # noqa: E402
-from orchestrator.embedded import free_port  # noqa: E402
+from orchestrator.services.embedded import free_port  # noqa: E402
 
 VENV = HERE / ".venv-prefect"
 PYTHON = VENV / "bin" / "python"

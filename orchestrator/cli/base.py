@@ -66,7 +66,7 @@ def handled(settings: Settings | None = None) -> Iterator[None]:
     """Turn every error into one line and an exit code: the outside world (a service that does
     not answer) and the package's errors; anything else too, with its traceback only under
     `--debug`."""
-    from orchestrator.outages import service_error
+    from orchestrator.engine.outages import service_error
 
     try:
         yield

@@ -17,7 +17,7 @@ def lists(ctx: click.Context, as_json: bool) -> None:
     """Named lists kept by `user_list` nodes; with no command, every list with its count."""
     if ctx.invoked_subcommand is not None:
         return
-    from orchestrator.user_lists import UserLists
+    from orchestrator.store.user_lists import UserLists
 
     with connected() as orch:
         counts = UserLists(orch.store.db).names()
@@ -33,7 +33,7 @@ def lists(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def lists_show(name: str, as_json: bool) -> None:
     """Show the items of list NAME, oldest first (exit 2 when no such list was ever written)."""
-    from orchestrator.user_lists import UserLists
+    from orchestrator.store.user_lists import UserLists
 
     with connected() as orch:
         store = UserLists(orch.store.db)

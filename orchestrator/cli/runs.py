@@ -16,7 +16,7 @@ from orchestrator.errors import WaitTimeout
 
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
-    from orchestrator.models import Run
+    from orchestrator.store.models import Run
 
 LOG_POLL_S = 0.5  # how often `runs logs --follow` looks for new lines
 
@@ -76,7 +76,7 @@ def wait_with_progress(orch: Orchestrator, run_id: str, timeout: float | None, s
         return orch.wait(
             run_id, timeout=timeout, on_progress=_plain_progress() if show else None, poll_s=PROGRESS_POLL_S
         )
-    from orchestrator.display import progress_line
+    from orchestrator.views.display import progress_line
 
     with err.status(f"run {run_id} pending") as status:
         return orch.wait(
@@ -88,7 +88,7 @@ def wait_with_progress(orch: Orchestrator, run_id: str, timeout: float | None, s
 
 
 def _plain_progress() -> Callable[[Run], None]:
-    from orchestrator.display import progress_line
+    from orchestrator.views.display import progress_line
 
     last: list[str] = []
 
@@ -103,7 +103,7 @@ def _plain_progress() -> Callable[[Run], None]:
 
 def show_run(orch: Orchestrator, run: Run, as_json: bool) -> None:
     """Print a run (with its tree of children) as a tree or as JSON."""
-    from orchestrator.display import run_view
+    from orchestrator.views.display import run_view
 
     tree = orch.run_tree(run.id)
     if as_json:
@@ -140,10 +140,10 @@ def runs_list(
     as_json: bool,
 ) -> None:
     """List runs, newest first."""
-    from orchestrator.history import RunFilter
+    from orchestrator.store.history import RunFilter
 
     with connected() as orch:
-        from orchestrator.display import runs_view
+        from orchestrator.views.display import runs_view
 
         where = RunFilter(workflow=workflow, status=status, parent=parent, trigger=trigger)
         found = orch.page_runs(where, limit).runs
@@ -162,7 +162,7 @@ def runs_show(run_id: str, as_json: bool, mermaid: bool) -> None:
     with connected() as orch:
         run = orch.get_run(orch.store.resolve_run_id(run_id))
         if mermaid:
-            from orchestrator.mermaid import run_mermaid
+            from orchestrator.views.mermaid import run_mermaid
 
             # the version the run started with; None when removed: its nodes, without edges
             click.echo(run_mermaid(orch.store.workflow_of_run(run.workflow, run.spec_digest), run))
@@ -177,7 +177,7 @@ def runs_show(run_id: str, as_json: bool, mermaid: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the logs as JSON (not with --follow)")
 def runs_logs(run_id: str, node: str | None, follow: bool, as_json: bool) -> None:
     """Show what a run's nodes (or NODE) logged: the last 64 KiB of each attempt."""
-    from orchestrator.display import LogPrinter
+    from orchestrator.views.display import LogPrinter
 
     with connected() as orch:
         run_id = orch.store.resolve_run_id(run_id)

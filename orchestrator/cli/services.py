@@ -24,7 +24,7 @@ def worker(
     concurrency: int | None, pool: str, queues: str | None, loglevel: str, hostname: str | None
 ) -> None:
     """Start a Celery worker that runs workflow nodes."""
-    from orchestrator.factory import create_app
+    from orchestrator.engine.factory import create_app
 
     argv = ["worker", f"--pool={pool}", f"--loglevel={loglevel}", "--task-events"]
     argv += [f"--concurrency={concurrency}"] if concurrency else []
@@ -41,8 +41,8 @@ def beat(loglevel: str) -> None:
     Schedules are read from the registered workflows every ORCH_SCHEDULE_REFRESH_S seconds;
     any number of beat processes may run (each slot fires once).
     """
-    from orchestrator.factory import create_app
-    from orchestrator.schedules import SCHEDULER
+    from orchestrator.engine.factory import create_app
+    from orchestrator.engine.schedules import SCHEDULER
 
     app = create_app()
     app.store.ping()  # fail now, with a message, rather than log errors forever
@@ -67,7 +67,7 @@ def standalone(ui_port: int, flower_port: int, concurrency: int | None) -> None:
     It prints the `export` lines that point other shells at it, registers the example
     workflows not registered yet, and stops everything it started on Ctrl-C or SIGTERM.
     """
-    from orchestrator.standalone import run_standalone
+    from orchestrator.services.standalone import run_standalone
 
     sys.exit(run_standalone(out, err, flower_port, concurrency, ui_port))
 
@@ -84,7 +84,7 @@ def flower(port: int, address: str, no_auth: bool) -> None:
     """
     import secrets
 
-    from orchestrator.factory import create_app
+    from orchestrator.engine.factory import create_app
 
     if no_auth:
         os.environ.pop("FLOWER_BASIC_AUTH", None)
@@ -121,7 +121,7 @@ def ui(host: str, port: int) -> None:
 @click.option("--workflow", default="Daily Trading Pipeline", help="which example workflow to run")
 def demo(timeout: float, workflow: str) -> None:
     """Run the example pipeline end to end, starting whatever is not running."""
-    from orchestrator.demo import run_demo
+    from orchestrator.services.demo import run_demo
 
     sys.exit(run_demo(out, err, timeout, workflow))
 

@@ -43,7 +43,7 @@ class _NotJson(Exception):
 def _json_option(text: str, hint: str) -> Any:
     """The JSON in an option's value; `_NotJson` when it is not JSON, a `BadParameter` when it
     is JSON that a run cannot hold (NaN, a number past 4300 digits, deep nesting)."""
-    from orchestrator.json_values import MAX_DEPTH, load_json
+    from orchestrator.definitions.json_values import MAX_DEPTH, load_json
 
     try:
         json.loads(text)  # JSON at all? (as Python reads it: `NaNcy` is not, `NaN` is)
@@ -66,7 +66,7 @@ def _check_variables(variables: dict[str, Any], max_bytes: int | None) -> None:
     """Refuse variables that MongoDB or a run's document cannot hold."""
     import bson
 
-    from orchestrator.json_values import value_problems
+    from orchestrator.definitions.json_values import value_problems
 
     problems = value_problems(variables, most=1)
     if problems:

@@ -21,8 +21,8 @@ def workflows() -> None:
 def workflows_apply(paths: tuple[Path, ...]) -> None:
     """Validate workflow files (YAML or JSON; a folder: all of its files, sub-folders too)
     and register them; nothing is registered when any is invalid."""
-    from orchestrator.child_runs import unknown_targets
-    from orchestrator.workflow_files import load_workflow_file
+    from orchestrator.definitions.workflow_files import load_workflow_file
+    from orchestrator.engine.child_runs import unknown_targets
 
     with connected() as orch:
         files = [p for path in paths for p in (workflow_files(path) if path.is_dir() else [path])]
@@ -73,7 +73,7 @@ def workflows_list(as_json: bool) -> None:
 def workflows_show(name: str, mermaid: bool, as_json: bool) -> None:
     """Show workflow NAME: its variables, schedule, nodes, output, the workflows it calls, and
     its graph as a Mermaid flowchart (which GitHub and most Markdown viewers draw)."""
-    from orchestrator.mermaid import workflow_mermaid
+    from orchestrator.views.mermaid import workflow_mermaid
 
     with connected() as orch:
         spec = orch.store.get_workflow(name)
@@ -83,7 +83,7 @@ def workflows_show(name: str, mermaid: bool, as_json: bool) -> None:
         if mermaid:
             click.echo(workflow_mermaid(spec))
             return
-        from orchestrator.workflow_view import describe_workflow
+        from orchestrator.views.workflow_view import describe_workflow
 
         out.print(describe_workflow(spec))
         out.print()

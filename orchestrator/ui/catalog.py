@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.api import Orchestrator
-from orchestrator.child_runs import called_workflows
-from orchestrator.history import NEWEST_FIRST, RunFilter
-from orchestrator.models import Run
-from orchestrator.spec import WorkflowSpec
-from orchestrator.workflow_view import next_firings as firings_of
+from orchestrator.definitions.spec import WorkflowSpec
+from orchestrator.engine.child_runs import called_workflows
+from orchestrator.store.history import NEWEST_FIRST, RunFilter
+from orchestrator.store.models import Run
+from orchestrator.views.workflow_view import next_firings as firings_of
 
 Document = dict[str, Any]
 FIRINGS = 3

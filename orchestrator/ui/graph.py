@@ -21,7 +21,7 @@ from itertools import pairwise
 
 from markupsafe import Markup, escape
 
-from orchestrator.spec import WorkflowSpec
+from orchestrator.definitions.spec import WorkflowSpec
 
 NODE_W, NODE_H = 176, 66
 """The size of a node's box, in SVG units (pixels at 100 %)."""

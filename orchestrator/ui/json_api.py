@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from orchestrator.errors import OrchestratorError, RunNotFound
-from orchestrator.models import Run
+from orchestrator.store.models import Run
 from orchestrator.ui import catalog
 from orchestrator.ui.queries import page_cursor, page_limit, run_filter
 from orchestrator.ui.state import ui_state

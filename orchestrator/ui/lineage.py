@@ -9,7 +9,7 @@ from typing import Any
 from pymongo import DESCENDING
 
 from orchestrator.api import Orchestrator
-from orchestrator.models import Run
+from orchestrator.store.models import Run
 
 Document = dict[str, Any]
 BRIEF = {"_id": 1, "workflow": 1, "status": 1, "parent_run_id": 1, "created_at": 1}

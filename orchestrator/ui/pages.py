@@ -14,14 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from orchestrator.constants import RUN_STATUSES, TriggerType
-from orchestrator.display import seconds
-from orchestrator.models import NodeState, Run
-from orchestrator.spec import WorkflowSpec
+from orchestrator.definitions.spec import WorkflowSpec
+from orchestrator.store.models import NodeState, Run
 from orchestrator.ui import catalog
 from orchestrator.ui.graph import NodeView, render_svg, run_nodes, spec_nodes
 from orchestrator.ui.lineage import lineage_of
 from orchestrator.ui.queries import filter_values, page_cursor, page_limit, run_filter
 from orchestrator.ui.state import ui_state
+from orchestrator.views.display import seconds
 
 
 @dataclass(frozen=True)

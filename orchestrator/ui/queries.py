@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from orchestrator.history import BadFilter, RunFilter
+from orchestrator.store.history import BadFilter, RunFilter
 
 FILTERS = ("workflow", "status", "trigger", "parent", "q", "since", "until")
 """The filter parameters, in the order links carry them."""

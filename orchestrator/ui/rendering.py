@@ -18,8 +18,8 @@ from urllib.parse import quote, urlencode
 import jinja2
 from starlette.templating import Jinja2Templates
 
-from orchestrator.display import seconds
-from orchestrator.models import aware
+from orchestrator.store.models import aware
+from orchestrator.views.display import seconds
 
 TEMPLATES = Path(__file__).parent / "templates"
 

@@ -35,7 +35,7 @@
   function runUrl(id) { return "/runs/" + encodeURIComponent(id); }
   function workflowUrl(name) { return "/workflows/" + encodeURIComponent(name); }
 
-  /* As orchestrator.display.seconds: `0.12 s`, `3.4 s`, `2 min 5 s`, or `-`. */
+  /* As orchestrator.views.display.seconds: `0.12 s`, `3.4 s`, `2 min 5 s`, or `-`. */
   function seconds(value) {
     if (value === null || value === undefined) return "-";
     if (value < 10) return value.toFixed(2) + " s";
