@@ -11,7 +11,8 @@ from orchestrator.constants import WAIT_ITEMS
 from orchestrator.errors import WorkflowValidationError
 from orchestrator.store.models import Run
 from orchestrator.store.wait_records import ITEMS_PER_CHUNK
-from tests.conftest import as_list, not_none, workflow
+from tests.conftest import as_list, not_none, wait_for, workflow
+from workers.parameter_loop import ParameterLoopParams
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -227,3 +228,21 @@ def test_a_capped_loop_starts_its_values_in_order_each_once(orch: Orchestrator) 
     assert [e["output"]["v"] for e in output] == [f"v{i}" for i in range(12)]
     runs = iterations(orch, run)
     assert len(runs) == 12 and most_at_once(runs) <= 5
+
+
+def test_a_loop_waiting_with_a_record_of_the_earlier_version_goes_on(orch: Orchestrator) -> None:
+    """A loop that began waiting before an upgrade (its record holding the params, values
+    included, and no values kept beside it) resumes: the record is upgraded once."""
+    body = {"type": "sleep", "params": {"seconds": 0.4, "output": "{{ loop_value }}"}}
+    params = {"values": [1, 2, 3], "body": body, "mode": "sequential", "poll_interval_s": 0.2}
+    orch.register(workflow("Loop", {"id": "loop", "type": "parameter_loop", "params": params}))
+    run_id = orch.trigger("Loop")
+    record = wait_for(lambda: orch.store.wait_records.get(run_id, "loop"), timeout=30)
+    legacy = {"params": ParameterLoopParams.model_validate(params).model_dump(mode="json")}
+    orch.store.wait_records.set_data(run_id, "loop", legacy)
+    orch.store.db[WAIT_ITEMS].delete_many({"of_run": run_id})
+    assert record["data"].keys() == {"plan"}
+    run = orch.wait(run_id, timeout=60)
+    assert [e["output"]["output"] for e in as_list(run.nodes["loop"].output)] == [1, 2, 3]
+    upgraded = not_none(orch.store.wait_records.get(run_id, "loop"))
+    assert upgraded["data"]["plan"]["count"] == 3

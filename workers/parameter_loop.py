@@ -235,13 +235,16 @@ def resume(
 
 
 def _plan_of(data: Mapping[str, Any], context: NodeContext) -> LoopPlan:
-    """The plan in a wait record; a record of an earlier version held the params, values
-    included: those are kept beside it now, as a new record's are."""
+    """The plan in a wait record. A record of an earlier version held the params, values
+    included: it is upgraded once, its values kept beside it as a new record's are."""
     if "plan" in data:
         return LoopPlan.model_validate(data["plan"])
     params = ParameterLoopParams.model_validate(data["params"])
-    context.store.wait_records.put_items(context.run_id, context.node_id, params.values)
-    return LoopPlan.of(params)
+    plan = LoopPlan.of(params)
+    records = context.store.wait_records
+    records.put_items(context.run_id, context.node_id, params.values)
+    records.set_data(context.run_id, context.node_id, {"plan": plan.model_dump(mode="json")})
+    return plan
 
 
 def _failures(context: NodeContext, limit: int) -> list[dict[str, Any]]:

@@ -119,6 +119,10 @@ class WaitRecords:
         """Mark a wait over (its node was claimed or cancelled)."""
         self.waits.update_one({"_id": record_id(run_id, node_id)}, {"$set": {"over": True}})
 
+    def set_data(self, run_id: str, node_id: str, data: Document) -> None:
+        """Replace what a node keeps to resume (`data`), as a node type upgrades an older record."""
+        self.waits.update_one({"_id": record_id(run_id, node_id)}, {"$set": {"data": data}})
+
     def put_items(self, run_id: str, node_id: str, items: list[Any]) -> None:
         """Keep a node's long list beside its record, in chunks (replacing an earlier attempt's)."""
         prefix = record_id(run_id, node_id)
