@@ -29,6 +29,9 @@ RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin orc
 USER orchestrator
 WORKDIR /home/orchestrator
 ENV ORCH_HOME=/home/orchestrator/.orchestrator
+# Made here, as this user: a volume mounted on it (Flower's, in docker-compose.yml) starts
+# with this owner.
+RUN mkdir -p "$ORCH_HOME"
 # The example workflows where the README's commands name them, relative to this directory:
 # `docker compose exec worker orchestrator workflows apply examples/workflows/trading`.
 COPY --chown=orchestrator:orchestrator examples ./examples

@@ -400,11 +400,19 @@ def test_compose_worker_runs_four_processes() -> None:
     assert params["concurrency"] == 4
 
 
-def test_flower_runs_against_the_worker_app_module() -> None:
-    argv = command("flower")
-    assert argv[0] == "celery"
-    assert "flower" in argv
-    assert option_value(argv, "-A", "--app") == WORKER_APP_MODULE
+def test_flower_runs_the_cli_flower_command_open_to_the_network_with_a_password() -> None:
+    path, params = resolve_cli(command("flower"))
+    assert path == ["flower"]
+    assert (params["address"], params["port"], params["no_auth"]) == ("0.0.0.0", 5555, False)
+    assert environment("flower")["FLOWER_BASIC_AUTH"].endswith("${FLOWER_PASSWORD:?set FLOWER_PASSWORD}")
+
+
+def test_flower_keeps_its_state_on_a_volume_at_the_images_orch_home() -> None:
+    home = re.search(r"^ENV ORCH_HOME=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert home is not None, "the Dockerfile sets no ORCH_HOME"
+    mounts = [str(volume).split(":") for volume in services()["flower"].get("volumes", [])]
+    assert [name for name, target, *_ in mounts if target == home.group(1)] == ["flower-data"]
+    assert "flower-data" in load_compose()["volumes"]
 
 
 def test_flower_publishes_port_5555() -> None:
