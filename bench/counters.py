@@ -138,6 +138,11 @@ class Tally:
         with self._flushing:
             self._push(key, {k: v for k, v in self.take().items() if v})
 
+    def stop(self) -> None:
+        """Push no more (the benchmark is over and its Redis about to stop): what is counted
+        from now on is dropped, not retried against a server that is gone."""
+        self.url = None
+
     def _push(self, key: str, counts: dict[str, int]) -> None:
         if not counts:
             return
