@@ -130,3 +130,36 @@ def test_a_python_node_in_a_wide_workflow_still_sees_every_node(orch: Orchestrat
     run = orch.run("Wide Python", timeout=90)
     assert run.status == "finished", run.nodes["sum"].error
     assert run.results == sum(100 + i for i in range(WIDTH))
+
+
+def wide_line(name: str, far_reader: int) -> dict[str, Any]:
+    """WIDTH `set` nodes in a line, each adding 1 to the one before; node `far_reader` also
+    reads node l000, which the node before it did not read."""
+    nodes: list[dict[str, Any]] = [{"id": "l000", "type": "set", "params": {"v": 0}}]
+    for i in range(1, WIDTH):
+        value = "{{ nodes.l" + f"{i - 1:03d}" + ".output.v + 1 }}"
+        params: dict[str, Any] = {"v": value}
+        if i == far_reader:
+            params["first"] = "{{ nodes.l000.output.v }}"
+        nodes.append({"id": f"l{i:03d}", "type": "set", "params": params, "after": [f"l{i - 1:03d}"]})
+    return workflow(name, *nodes, output="{{ nodes." + f"l{WIDTH - 1:03d}" + ".output }}")
+
+
+def test_a_wide_line_hands_on_only_the_states_the_next_node_reads(orch: Orchestrator) -> None:
+    spec = parse_workflow(wide_line("Wide Line", far_reader=7))
+    canvas = compile_workflow(orch.app, spec, "r1", frozenset({"set"}))
+    steps = {sig.kwargs["node"]["id"]: sig.kwargs for sig in canvas.tasks}
+    assert steps["l001"]["hand_on"] == ["l001", "l002"]  # what l002 reads: its input and itself
+    assert "hand_on" not in steps["l006"]  # l007 also reads l000, which l006 did not read
+    assert steps["l007"]["hand_on"] == ["l007", "l008"]
+    last = f"l{WIDTH - 1:03d}"
+    assert "hand_on" not in steps[f"l{WIDTH - 2:03d}"] and "reads" not in steps[last]  # the last reads all
+
+
+def test_a_wide_line_runs_from_the_states_handed_on(orch: Orchestrator) -> None:
+    orch.register(wide_line("Wide Line", far_reader=40))
+    run = orch.run("Wide Line", timeout=120)
+    assert run.status == "finished", run.error
+    assert as_dict(run.results) == {"v": WIDTH - 1}
+    assert as_dict(run.nodes["l040"].output) == {"v": 40, "first": 0}
+    assert {state.status for state in run.nodes.values()} == {"finished"}

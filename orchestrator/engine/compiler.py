@@ -133,16 +133,14 @@ def _compile(
         return sig
 
     body = compile_graph(graph, leaf, lambda: app.signature(JOIN_TASK, immutable=True))
-    if not wide:  # in a wide workflow, nodes read what they need instead of a whole snapshot
-        hand_on(body, {NODE_TASK_PREFIX + name for name in handed_types})
     # Engine faults are recorded by the node task's on_failure, not by an errback: an errback
     # would be copied into every message of the chain.
     last = last_node(body)
     if last is not None:  # the run ends with one node: that node's task ends the run too
         last.kwargs["final"] = final
         last.kwargs.pop("reads", None)  # it decides the run's outcome from every node
-        return body
-    return then(body, end)
+    hand_on(body, {NODE_TASK_PREFIX + name for name in handed_types})
+    return body if last is not None else then(body, end)
 
 
 def last_node(sig: Signature) -> Signature | None:
@@ -159,7 +157,12 @@ def last_node(sig: Signature) -> Signature | None:
 def hand_on(sig: Signature, handed_tasks: Collection[str]) -> None:
     """In every chain of the canvas, let a node hand the run document on to the node right
     after it, when that one's task is in `handed_tasks`: the node returns it (`hand_on`),
-    the next one takes it as its argument."""
+    the next one takes it as its argument.
+
+    In a wide workflow (nodes with `reads`), what is handed on holds only the nodes the next
+    node reads (`hand_on` is their list), and only when the node has them all: the next node
+    reads only nodes the one before it read, or that one itself (a line: its dependency).
+    """
     if isinstance(sig, group | chord):
         for member in sig.tasks:
             hand_on(member, handed_tasks)
@@ -171,9 +174,25 @@ def hand_on(sig: Signature, handed_tasks: Collection[str]) -> None:
         hand_on(member, handed_tasks)
     for node, after in itertools.pairwise(sig.tasks):
         if _is_node(node) and _is_node(after) and after.task in handed_tasks:
-            node.kwargs["hand_on"] = True
+            handed = _handed(node.kwargs, after.kwargs)
+            if handed is None:
+                continue
+            node.kwargs["hand_on"] = handed
             after.set_immutable(False)
             after.set(argsrepr="(the run document the node before handed on)")
+
+
+def _handed(node: dict[str, Any], after: dict[str, Any]) -> bool | list[str] | None:
+    """What a node hands on to the node after it: the whole snapshot (True), the states of
+    the nodes the next one reads (their list), or nothing (None) when it has not read them."""
+    reads, wanted = node.get("reads"), after.get("reads")
+    if wanted is None:  # the next node reads every node: only a node that read them all has them
+        return True if reads is None else None
+    if reads is None:
+        return list(wanted)
+    has = {*reads, node["node"]["id"]}
+    next_id = after["node"]["id"]
+    return list(wanted) if all(n in has for n in wanted if n != next_id) else None
 
 
 def _is_node(sig: Signature) -> bool:

@@ -187,7 +187,7 @@ def _register_node_task(app: OrchestratorApp, type_name: str) -> None:
         token: str | None = None,
         final: dict[str, Any] | None = None,
         first: bool = False,
-        hand_on: bool = False,
+        hand_on: bool | list[str] = False,
         epoch: int = 0,
         outages: int = 0,
         tried: int = 0,
@@ -198,8 +198,10 @@ def _register_node_task(app: OrchestratorApp, type_name: str) -> None:
             raise Ignore()
         node_type = self.app.registry.get(type_name)
         spec = NodeSpec.model_validate(node)
-        if reads is not None and not (isinstance(reads, list) and all(isinstance(r, str) for r in reads)):
+        if reads is not None and not _names(reads):
             reads = None  # a malformed list: read the whole document
+        if not isinstance(hand_on, bool) and not _names(hand_on):
+            hand_on = False  # a malformed list: hand nothing on
         message = NodeMessage(token, first, final, previous, hand_on, epoch, outages, tried, reads)
         try:
             end = run_node(self, node_type, run_id, spec, message)
@@ -214,6 +216,11 @@ def _register_node_task(app: OrchestratorApp, type_name: str) -> None:
             report_failed_node(self, *end.failure)
             return FAILED_RESULT
         return end.handed_on
+
+
+def _names(value: object) -> bool:
+    """Whether a message's list of node ids is one."""
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def _retry_after_outage(task: NodeTask, exc: Exception, outages: int) -> None:
@@ -245,8 +252,9 @@ class NodeMessage:
     previous: Any = None
     """What the chain's previous task returned: a snapshot of the run document after that
     node, when it handed one on (`orchestrator.store.handoff`)."""
-    hand_on: bool = False
-    """The chain's next task is a node that does not wait: hand it a snapshot."""
+    hand_on: bool | list[str] = False
+    """The chain's next task is a node that does not wait: hand it a snapshot (in a wide
+    workflow, of the nodes in this list only)."""
     epoch: int = 0
     """The run's epoch the message belongs to; a message of an older epoch starts nothing."""
     outages: int = 0
@@ -314,7 +322,8 @@ def run_node(
             _not_started(task, node_type, run_id, spec, message)
         if not recorded:
             return NodeEnd()
-        snapshot = snapshot_after(started_doc, spec.id, state, doc_size) if message.hand_on else None
+        keep = message.hand_on if isinstance(message.hand_on, list) else None
+        snapshot = snapshot_after(started_doc, spec.id, state, doc_size, keep) if message.hand_on else None
         return NodeEnd(handed_on=snapshot, failure=_failure_of(state))
 
     skip_reason = dependency_verdict(spec, before.get("nodes", {}))

@@ -19,6 +19,7 @@ is handed on and the next node reads the document.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -48,7 +49,11 @@ _STARTED = len(bson.encode({"started_at": datetime(2000, 1, 1)})) - len(bson.enc
 
 
 def snapshot_after(
-    before: dict[str, Any], node_id: str, state: dict[str, Any], size_before: int = 0
+    before: dict[str, Any],
+    node_id: str,
+    state: dict[str, Any],
+    size_before: int = 0,
+    keep: Collection[str] | None = None,
 ) -> str | None:
     """The snapshot, as JSON text, of the run document `before` once node `node_id` ended
     with `state`; None when it is too large to hand on.
@@ -56,6 +61,11 @@ def snapshot_after(
     The size is counted up from `before`'s (`size_before` when the caller measured it),
     exactly while the nodes end from `pending` (a node that retried counts its earlier
     state twice: a little over, never under).
+
+    Args:
+        keep: in a wide workflow, the nodes the next node reads: the snapshot holds only
+            their states (a node `before` does not hold, the next node itself, as `pending`:
+            its own start is a compare-and-set on the document).
     """
     old = before["nodes"].get(node_id, {})
     size = (size_before or document_size(before)) + len(bson.encode({node_id: state}))
@@ -65,6 +75,8 @@ def snapshot_after(
         size += _STARTED
     nodes = {other: _compact(s) for other, s in before["nodes"].items()}
     nodes[node_id] = _compact(state)
+    if keep is not None:
+        nodes = {other: nodes.get(other, {"status": "pending"}) for other in keep}
     snapshot = {key: value for key, value in before.items() if key not in _LEFT_OUT}
     # The node's end was recorded in an active run, or it started it.
     snapshot |= {"status": "running", "nodes": nodes, SIZE_KEY: size}
