@@ -20,6 +20,7 @@ each iteration's result stays in its own run.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, Self
 
 from celery import group
@@ -182,7 +183,7 @@ def run(params: ParameterLoopParams, context: NodeContext) -> list[dict[str, Any
     """Check every iteration, keep the values, start the first ones, then wait for them."""
     plan = LoopPlan.of(params)
     if not params.values:
-        return [] if plan.output == "list" else _summary(context, plan, {}, [])
+        return [] if plan.output == "list" else _summary(context, plan, Progress.of({}), [])
     depth = int(context.run.get("depth", 0)) + 1
     if depth > context.settings.max_depth:
         raise NodeError(
@@ -209,12 +210,9 @@ def resume(
 ) -> list[dict[str, Any]] | dict[str, Any] | None:
     """Start the next iterations as slots free up; the output once all are over."""
     plan = _plan_of(wait["data"], context)
-    by_status = context.store.node_children_by_status(context.run_id, context.node_id)
-    started = sum(by_status.values())
-    over = sum(by_status.get(status, 0) for status in RUN_OVER)
-    failed = over - by_status.get("finished", 0)
-    in_flight = started - over
-    stopping = timed_out or bool(failed and not plan.continue_on_error)
+    progress = Progress.of(context.store.node_children_by_status(context.run_id, context.node_id))
+    started, in_flight = progress.started, progress.in_flight
+    stopping = timed_out or bool(progress.failed and not plan.continue_on_error)
     if not stopping and started < plan.count and in_flight < plan.cap:
         stop = min(plan.count, started + plan.cap - in_flight)
         values = _values(context, started, stop)
@@ -222,16 +220,36 @@ def resume(
         return None
     if in_flight and not timed_out:
         return None
-    if failed and not plan.continue_on_error:
-        first = min(_failures(context, 1), key=lambda entry: entry["loop_index"])
+    if progress.failed and not plan.continue_on_error:
+        first = _failures(context, MAX_FAILURES_LISTED)[0]
         raise NodeError(
             f"node '{context.node_id}': iteration {first['loop_index']} (loop_value {first['loop_value']!r}) "
             f"{first['status']}: {first['error']}; continue_on_error is false, so "
             f"{plan.count - started} iteration(s) were not started"
         )
     if plan.output == "summary":
-        return _summary(context, plan, by_status, _failures(context, MAX_FAILURES_LISTED))
+        return _summary(context, plan, progress, _failures(context, MAX_FAILURES_LISTED))
     return _listed(context, plan)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a loop stands, from its iteration runs counted by status."""
+
+    by_status: Mapping[str, int]
+    started: int
+    finished: int
+    failed: int
+    """Over without finishing: `failed`, `error` or `cancelled`."""
+    in_flight: int
+
+    @classmethod
+    def of(cls, by_status: Mapping[str, int]) -> Progress:
+        """The progress of iteration runs counted by status (`node_children_by_status`)."""
+        started = sum(by_status.values())
+        over = sum(by_status.get(status, 0) for status in RUN_OVER)
+        finished = by_status.get("finished", 0)
+        return cls(by_status, started, finished, over - finished, started - over)
 
 
 def _plan_of(data: Mapping[str, Any], context: NodeContext) -> LoopPlan:
@@ -265,18 +283,16 @@ def _failures(context: NodeContext, limit: int) -> list[dict[str, Any]]:
 
 
 def _summary(
-    context: NodeContext, plan: LoopPlan, by_status: Mapping[str, int], failures: list[dict[str, Any]]
+    context: NodeContext, plan: LoopPlan, progress: Progress, failures: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The loop's output with `output: summary`: counts by outcome, and the first failures."""
-    started = sum(by_status.values())
-    over = sum(by_status.get(status, 0) for status in RUN_OVER)
     return {
         "iterations": plan.count,
-        "finished": by_status.get("finished", 0),
-        "failed": over - by_status.get("finished", 0),
-        "timeout": started - over,
-        "not_started": plan.count - started,
-        "by_status": dict(sorted(by_status.items())),
+        "finished": progress.finished,
+        "failed": progress.failed,
+        "timeout": progress.in_flight,
+        "not_started": plan.count - progress.started,
+        "by_status": dict(sorted(progress.by_status.items())),
         "failures": failures,
         "run_id_prefix": f"{child_run_id(context.run_id, context.node_id)}.",
     }
