@@ -2,9 +2,10 @@
 
 Every node costs its run document a start (`find_one_and_update`, returning the document, or
 in a wide run the node's own state and the document's size) and an end (`update_one`), but a
-pure node handed the document by the node before it costs the end alone; a child run also
-costs an insert, a workflow read, its `dispatched_at` and its own node's start and end (which
-also ends the run). This module times those
+pure node handed the document (by the node before it, or by the run's launch) costs the end
+alone: so does a `fire_and_forget` `run_workflow` node. A child run also costs an insert, a
+workflow read, its `dispatched_at` and its own node's end (which also ends the run). This
+module times those
 operations, one at a time, on copies of documents the benchmark itself made, so a benchmark
 can print the server's share beside its result: the time the store alone needs, and the
 lowest ratio to raw Celery that this store allows.
@@ -89,11 +90,6 @@ def _over_growth(
     return (
         cost(node_start_and_end_s(runs, fresh, middle)) + cost(node_start_and_end_s(runs, finished, middle))
     ) / 2
-
-
-def node_start_end_over_growth_s(runs: Collection[Document], finished: Document) -> float:
-    """A node's start plus end, averaged over a run document's growth."""
-    return _over_growth(runs, finished, sum)
 
 
 def node_end_over_growth_s(runs: Collection[Document], finished: Document) -> float:

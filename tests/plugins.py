@@ -111,6 +111,15 @@ def peek_running(params: PeekParams, context: NodeContext) -> dict[str, Any]:
     return {"handed_on": SIZE_KEY in context.run, "saw": sorted(context.outputs), "own_status": own}
 
 
+def parent_node(params: PeekParams, context: NodeContext) -> str | None:
+    """The status, in its parent run's document as this node runs, of the node that started
+    this run (None for a run without a parent)."""
+    parent_id, node_id = context.run.get("parent_run_id"), context.run.get("parent_node_id")
+    if not parent_id or not node_id:
+        return None
+    return str(context.store.get_run_document(str(parent_id))["nodes"][str(node_id)]["status"])
+
+
 class ChattyParams(BaseModel):
     lines: int = 3
     every_s: float = 0.0
@@ -161,5 +170,6 @@ node_types = [
     NodeType(name="not_json", params=NotJsonParams, run=not_json),
     NodeType(name="peek", params=PeekParams, run=peek, pure=True),
     NodeType(name="peek_running", params=PeekParams, run=peek_running),
+    NodeType(name="parent_node", params=PeekParams, run=parent_node),
     NodeType(name="pure_flaky", params=FlakyParams, run=flaky, pure=True),
 ]

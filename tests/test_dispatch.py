@@ -10,7 +10,7 @@ from kombu.exceptions import OperationalError
 from orchestrator import Orchestrator
 from orchestrator.definitions.spec import WorkflowSpec
 from orchestrator.engine.factory import create_app
-from orchestrator.engine.launcher import launch_run, prepare_run, relaunch_undispatched
+from orchestrator.engine.launcher import Lineage, launch_run, prepare_run, relaunch_undispatched
 from orchestrator.services.embedded import free_port
 from orchestrator.settings import Settings
 from orchestrator.store.models import utcnow
@@ -75,6 +75,29 @@ def test_the_sweeper_ends_as_error_a_run_whose_workflow_has_other_nodes_now(orch
     run = orch.get_run(run_id)
     assert run.status == "error" and "changed its nodes" in (run.error or "")
     assert count(orch, "Changed") == 0
+
+
+@pytest.mark.parametrize("parent_status", ["running", "cancelled", "deleted"])
+def test_the_sweeper_drops_an_unsent_child_whose_parent_is_over_and_never_recorded_it(
+    orch: Orchestrator, parent_status: str
+) -> None:
+    spec = counted(orch, f"Orphan {parent_status}")
+    parent_id = new_run(orch.store, ("n",))
+    orch.store.runs.update_one({"_id": parent_id}, {"$set": {"status": "running"}})
+    lineage = Lineage(parent_run_id=parent_id, parent_node_id="n", root_run_id=parent_id, depth=1)
+    run_id, _ = prepare_run(orch.app, spec, run_id=f"{parent_id}.n", lineage=lineage)
+    if parent_status == "cancelled":
+        orch.store.runs.update_one({"_id": parent_id}, {"$set": {"status": "cancelled"}})
+    elif parent_status == "deleted":
+        orch.store.runs.delete_one({"_id": parent_id})
+    sent = relaunch_undispatched(orch.app, grace_s=0)
+    if parent_status == "running":  # its parent may still record it: it is sent
+        assert sent == [run_id] and orch.wait(run_id, timeout=30).status == "finished"
+        return
+    assert sent == []
+    run = orch.get_run(run_id)
+    assert run.status == "cancelled" and "not started: its parent run" in (run.error or "")
+    assert count(orch, spec.name) == 0
 
 
 def test_one_caller_only_takes_the_sending_of_an_unsent_run(orch: Orchestrator) -> None:

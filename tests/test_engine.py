@@ -9,7 +9,7 @@ import pytest
 from orchestrator import Orchestrator
 from orchestrator.store.handoff import snapshot_after
 from orchestrator.store.models import Run
-from tests.conftest import not_none, wait_for, workflow
+from tests.conftest import as_dict, not_none, wait_for, workflow
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -300,7 +300,8 @@ def test_a_pure_node_runs_from_the_document_the_node_before_it_handed_on(orch: O
         ),
     )
     assert result.status == "finished" and result.results == {"e": {"n": 2}}
-    assert result.nodes["first"].output == {"handed_on": False, "saw": []}  # the first node reads
+    # the first node runs from the document its launch hands it: no node reads
+    assert result.nodes["first"].output == {"handed_on": True, "saw": []}
     assert result.nodes["b"].output == {"handed_on": True, "saw": ["a", "first"]}
     assert result.nodes["d"].output == {"handed_on": True, "saw": ["a", "b", "c", "first"]}
     for state in result.nodes.values():
@@ -322,6 +323,30 @@ def test_a_node_with_effects_handed_the_document_is_still_seen_running(orch: Orc
     assert result.nodes["b"].output == {"handed_on": True, "saw": ["a"], "own_status": "running"}
     assert result.nodes["c"].output == {"handed_on": True, "saw": ["a", "b"], "own_status": "running"}
     assert result.nodes["c"].attempts == 1
+
+
+@pytest.mark.parametrize("kind", ["peek", "peek_running"])
+@pytest.mark.parametrize("sources", [1, 3])
+def test_the_nodes_a_run_starts_with_run_from_the_document_its_launch_hands_them(
+    orch: Orchestrator, kind: str, sources: int
+) -> None:
+    firsts = [{"id": f"s{i}", "type": kind} for i in range(sources)]
+    result = run(
+        orch,
+        workflow(
+            f"Launch Hands {kind} {sources}",
+            *firsts,
+            {"id": "last", "type": "set", "after": [f["id"] for f in firsts], "params": {"n": 1}},
+        ),
+    )
+    assert result.status == "finished"
+    for first in firsts:
+        output = as_dict(result.nodes[first["id"]].output)
+        assert output["handed_on"] is True and output["saw"] == []
+        if kind == "peek_running":  # not pure: still marked running, without reading first
+            assert output["own_status"] == "running"
+    # the run's start is stamped by whichever first node started it, before the last began
+    assert not_none(result.started_at) <= not_none(result.nodes["last"].started_at)
 
 
 def test_a_pure_node_after_parallel_work_reads_the_document(orch: Orchestrator) -> None:

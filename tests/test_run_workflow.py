@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
+from orchestrator.engine.launcher import prepare_run
 from orchestrator.engine.waiting import sweep_waits
 from orchestrator.settings import Settings
 from orchestrator.store.models import Run
@@ -178,6 +179,37 @@ def test_redelivered_parent_node_reuses_its_child(orch: Orchestrator) -> None:
     wait_for(lambda: orch.get_run(parent.id).nodes["child"].status == "finished", what="redelivered node")
     assert [r.id for r in orch.list_runs(parent=parent.id)] == [child_id]
     assert not_none(orch.store.db["test_counts"].find_one({"_id": child_id}))["n"] == 1
+
+
+def test_a_fire_and_forget_child_is_sent_once_its_parent_recorded_it(orch: Orchestrator) -> None:
+    orch.register(workflow("Leaf", {"id": "see", "type": "parent_node"}))
+    orch.register(workflow("Parent", child_node("Leaf", "fire_and_forget")))
+    parent = orch.run("Parent", timeout=30)
+    child = orch.wait(output_of(parent, "child")["run_id"], timeout=30)
+    assert child.status == "finished"
+    assert child.nodes["see"].output == "finished"  # the parent's node was recorded before it ran
+    assert parent.nodes["child"].attempts == 1 and parent.nodes["child"].started_at is not None
+
+
+def test_a_parent_cancelled_before_its_fire_and_forget_node_leaves_a_child_that_never_ran(
+    orch: Orchestrator,
+) -> None:
+    orch.register(workflow("Leaf", {"id": "c", "type": "count", "params": {"key": "{{ run.id }}"}}))
+    spec = orch.register(workflow("Parent", child_node("Leaf", "fire_and_forget")))
+    # The parent is cancelled after its launch, before a worker takes its node's message: the
+    # node runs from the document its launch handed it, where the run is still pending.
+    parent_id, canvas = prepare_run(orch.app, spec)
+    assert canvas is not None and orch.cancel(parent_id) == [parent_id]
+    canvas.apply_async()
+    child_id = f"{parent_id}.child"
+    child = wait_for(
+        lambda: (run := orch.store.runs.find_one({"_id": child_id})) and run["status"] == "cancelled" and run,
+        what="the child dropped",
+    )
+    assert "not started" in child["error"] and f"parent run {parent_id} was over" in child["error"]
+    assert child["dispatched_at"] is None and child["nodes"]["c"]["status"] == "pending"
+    assert orch.get_run(parent_id).nodes["child"].status == "pending"
+    assert orch.store.db["test_counts"].find_one({"_id": child_id}) is None  # it never ran
 
 
 def test_wake_and_poll_together_continue_the_parent_once(orch: Orchestrator) -> None:

@@ -157,7 +157,7 @@ def test_a_node_type_cannot_be_both_pure_and_waiting() -> None:
     from orchestrator.engine.registry import NodeType
     from orchestrator.errors import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match="'waits_purely' cannot be pure and wait"):
+    with pytest.raises(ConfigurationError, match=r"'waits_purely' cannot be pure and wait.*may_wait"):
         NodeType(
             name="waits_purely",
             params=BaseModel,
@@ -170,5 +170,12 @@ def test_a_node_type_cannot_be_both_pure_and_waiting() -> None:
 def test_the_built_in_logic_types_are_pure_and_those_with_effects_are_not() -> None:
     from orchestrator.engine.registry import load_registry
 
-    pure = {name for name, node_type in load_registry().types.items() if node_type.pure}
-    assert pure == {"set", "condition", "merge", "sort_filter"}
+    types = load_registry().types
+    pure = {name for name, node_type in types.items() if node_type.pure}
+    assert pure == {"set", "condition", "merge", "sort_filter", "run_workflow"}
+    # run_workflow only when it does not wait: its child is sent once its end is recorded
+    run_workflow = types["run_workflow"]
+    assert run_workflow.pure_for({"workflow": "w", "mode": "fire_and_forget"})
+    assert not run_workflow.pure_for({"workflow": "w", "mode": "wait"})
+    assert not run_workflow.pure_for({"workflow": "w", "mode": "{{ mode }}"})
+    assert not run_workflow.pure_for({"workflow": "w"})  # the default mode waits

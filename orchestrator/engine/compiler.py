@@ -13,7 +13,7 @@ strictly needed.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from celery import Celery, chord, group
@@ -21,6 +21,7 @@ from celery.canvas import Signature, _chain
 
 from orchestrator.constants import (
     FINALIZE_TASK,
+    HAND_ON_MAX_BYTES,
     HARD_LIMIT_GRACE_S,
     JOIN_TASK,
     NODE_TASK_PREFIX,
@@ -29,6 +30,7 @@ from orchestrator.constants import (
 from orchestrator.definitions.spec import NodeSpec, WorkflowSpec
 from orchestrator.definitions.template_refs import nodes_referenced
 from orchestrator.engine.segments import cut
+from orchestrator.store.handoff import document_size, snapshot_at_launch
 
 Graph = dict[str, set[str]]  # node id -> ids it waits for
 
@@ -139,8 +141,65 @@ def _compile(
     if last is not None:  # the run ends with one node: that node's task ends the run too
         last.kwargs["final"] = final
         last.kwargs.pop("reads", None)  # it decides the run's outcome from every node
-    hand_on(body, {NODE_TASK_PREFIX + name for name in handed_types})
+    hand_on(body, handed_predicate(app, handed_types))
     return body if last is not None else then(body, end)
+
+
+def handed_predicate(app: Celery, handed_types: Collection[str]) -> Callable[[Signature], bool]:
+    """Whether a node's message may carry the run document handed on to it: its type is one of
+    `handed_types`, or its type waits only with some params and this node cannot wait
+    (`NodeType.runs_handed`: `run_workflow` with `fire_and_forget`)."""
+    tasks = {NODE_TASK_PREFIX + name for name in handed_types}
+    registry = getattr(app, "registry", None)
+
+    def handed(sig: Signature) -> bool:
+        if sig.task in tasks:
+            return True
+        type_name = str(sig.task).removeprefix(NODE_TASK_PREFIX)
+        if registry is None or type_name not in registry:
+            return False
+        node_type = registry.get(type_name)
+        return node_type.may_wait is not None and node_type.runs_handed(sig.kwargs["node"].get("params", {}))
+
+    return handed
+
+
+LAUNCH_HAND_ON_MIN_BYTES = 4096
+"""What each of many first nodes may be handed at least: they share `HAND_ON_MAX_BYTES`."""
+
+
+def hand_to_first_steps(
+    app: Celery, canvas: Signature, doc: dict[str, Any], handed_types: Collection[str]
+) -> None:
+    """Give the nodes a new run starts with, those that may run from a handed document, a
+    snapshot of the run's document `doc` as it was created (in a wide workflow, of the nodes
+    each reads), so that none reads the document to start. Many first nodes share the budget
+    of one hand-on, each with `LAUNCH_HAND_ON_MIN_BYTES` at least; past it a node reads.
+
+    Only for the canvas of a run just created from `doc`, before anything else ran."""
+    handed = handed_predicate(app, handed_types)
+    firsts = [sig for sig in first_steps(canvas) if handed(sig)]
+    if not firsts:
+        return
+    budget = max(HAND_ON_MAX_BYTES // len(firsts), LAUNCH_HAND_ON_MIN_BYTES)
+    size = document_size(doc)
+    for sig in firsts:
+        snapshot = snapshot_at_launch(doc, sig.kwargs.get("reads"), size, budget)
+        if snapshot is not None:
+            sig.args = (snapshot,)
+            sig.set(argsrepr="(the run document as it was created)")
+
+
+def first_steps(sig: Signature) -> Iterator[Signature]:
+    """The node signatures a canvas starts with: those that no step comes before (the
+    graph's sources), which take no previous result."""
+    if isinstance(sig, chord | group):
+        for member in sig.tasks:
+            yield from first_steps(member)
+    elif isinstance(sig, _chain):
+        yield from first_steps(sig.tasks[0])
+    elif _is_node(sig):
+        yield sig
 
 
 def last_node(sig: Signature) -> Signature | None:
@@ -154,9 +213,9 @@ def last_node(sig: Signature) -> Signature | None:
     return sig if sig.task.startswith(NODE_TASK_PREFIX) else None
 
 
-def hand_on(sig: Signature, handed_tasks: Collection[str]) -> None:
+def hand_on(sig: Signature, handed: Callable[[Signature], bool]) -> None:
     """In every chain of the canvas, let a node hand the run document on to the node right
-    after it, when that one's task is in `handed_tasks`: the node returns it (`hand_on`),
+    after it, when that one may run from it (`handed`): the node returns it (`hand_on`),
     the next one takes it as its argument.
 
     In a wide workflow (nodes with `reads`), what is handed on holds only the nodes the next
@@ -165,19 +224,19 @@ def hand_on(sig: Signature, handed_tasks: Collection[str]) -> None:
     """
     if isinstance(sig, group | chord):
         for member in sig.tasks:
-            hand_on(member, handed_tasks)
+            hand_on(member, handed)
     if isinstance(sig, chord):
-        hand_on(sig.body, handed_tasks)
+        hand_on(sig.body, handed)
     if not isinstance(sig, _chain):
         return
     for member in sig.tasks:
-        hand_on(member, handed_tasks)
+        hand_on(member, handed)
     for node, after in itertools.pairwise(sig.tasks):
-        if _is_node(node) and _is_node(after) and after.task in handed_tasks:
-            handed = _handed(node.kwargs, after.kwargs)
-            if handed is None:
+        if _is_node(node) and _is_node(after) and handed(after):
+            kept = _handed(node.kwargs, after.kwargs)
+            if kept is None:
                 continue
-            node.kwargs["hand_on"] = handed
+            node.kwargs["hand_on"] = kept
             after.set_immutable(False)
             after.set(argsrepr="(the run document the node before handed on)")
 

@@ -15,12 +15,12 @@ import bson
 from celery.canvas import Signature
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from orchestrator.constants import DISPATCH_GRACE_S
+from orchestrator.constants import DISPATCH_GRACE_S, RUN_ACTIVE
 from orchestrator.definitions.secrets import check_variable_names
 from orchestrator.definitions.spec import WorkflowSpec
-from orchestrator.engine.compiler import compile_workflow
+from orchestrator.engine.compiler import compile_workflow, hand_to_first_steps
 from orchestrator.engine.run_ends import tell_waiters
-from orchestrator.errors import OrchestratorError, WorkflowNotFound
+from orchestrator.errors import OrchestratorError, RunNotFound, WorkflowNotFound
 from orchestrator.store.models import aware, new_run_document, new_run_id, utcnow
 from orchestrator.store.spec_versions import spec_digest
 
@@ -105,6 +105,7 @@ def prepare_run(
     canvas = compile_workflow(app, spec, run_id, handed, digest=digest)
     stored, created = app.store.create_run(doc)
     if created:
+        hand_to_first_steps(app, canvas, doc, handed)  # its first nodes need not read it
         return run_id, canvas
     resend = _abandoned(stored, resend_after_s) and _same_nodes(stored, spec)
     if resend and app.store.claim_dispatch(run_id, stored.get("dispatch_claim")):
@@ -152,10 +153,24 @@ def launch_run(
         The run id, and whether this call sent the canvas.
     """
     run_id, canvas = prepare_run(app, spec, variables, trigger, run_id, lineage, resend_after_s)
+    dispatch(app, run_id, canvas)
+    return run_id, canvas is not None
+
+
+def dispatch(app: OrchestratorApp, run_id: str, canvas: Signature | None) -> None:
+    """Send the canvas `prepare_run` gave (none: nothing to send), then record it sent."""
     if canvas is not None:
         send_canvas(app, run_id, canvas)
         app.store.mark_dispatched([run_id])
-    return run_id, canvas is not None
+
+
+def drop_unsent(app: OrchestratorApp, run_id: str, reason: str) -> None:
+    """End a run that was prepared but must not run, if it has not started: `cancelled`,
+    with `reason` as its error."""
+    ended = app.store.end_run(run_id, "cancelled", error=reason, from_statuses=("pending",))
+    if ended is not None:
+        logger.warning("run %s: %s", run_id, reason)
+        tell_waiters(app, ended)
 
 
 def send_canvas(app: OrchestratorApp, run_id: str, canvas: Signature) -> None:
@@ -178,6 +193,10 @@ def relaunch_undispatched(app: OrchestratorApp, grace_s: float = DISPATCH_GRACE_
     for doc in app.store.undispatched_runs():
         run_id, name = doc["_id"], doc["workflow"]
         if not _abandoned(doc, grace_s):
+            continue
+        orphaned = _orphaned(app, doc)
+        if orphaned is not None:
+            drop_unsent(app, run_id, orphaned)
             continue
         try:
             spec = app.store.get_workflow(name)
@@ -206,6 +225,28 @@ def relaunch_undispatched(app: OrchestratorApp, grace_s: float = DISPATCH_GRACE_
                 continue
             sent.append(run_id)
     return sent
+
+
+def _orphaned(app: OrchestratorApp, doc: dict[str, Any]) -> str | None:
+    """Why a child run that was never sent must not be: its parent run is over (or gone)
+    and the parent's node never recorded it (a `fire_and_forget` node records its child
+    before sending it); None for a run that may go."""
+    parent_id, node_id = doc.get("parent_run_id"), doc.get("parent_node_id")
+    if not isinstance(parent_id, str) or not isinstance(node_id, str):
+        return None
+    try:
+        parent = app.store.read_run(parent_id, [node_id])
+    except RunNotFound:
+        return f"not started: its parent run {parent_id} was deleted before it could be sent"
+    state = parent.get("nodes", {}).get(node_id, {})
+    if parent["status"] in RUN_ACTIVE or state.get("status") == "finished":
+        return None
+    return unrecorded(parent_id, node_id)
+
+
+def unrecorded(parent_run_id: str, node_id: str) -> str:
+    """The error of a child run dropped unsent: its parent's node never recorded it."""
+    return f"not started: its parent run {parent_run_id} was over before node '{node_id}' could record it"
 
 
 def _give_up(app: OrchestratorApp, run_id: str, message: str) -> None:

@@ -126,6 +126,24 @@ class Wait:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AfterEnd:
+    """Returned by a node function whose effect must happen only once its end is recorded:
+    the run document keeps its output first, then the effect follows (an outbox).
+
+    The engine records `output` as the node's; then it calls `send`, or `drop` when the run
+    was over before the node's end could be recorded (and no other delivery recorded it).
+    `run_workflow`'s `fire_and_forget` creates its child run's document, `pending`, before
+    returning; `send` puts the child's canvas on the broker, `drop` ends the child unsent.
+    Both must be safe to call from any delivery of the node's message; a failure of either is
+    logged (the sweeper sends a run left unsent).
+    """
+
+    output: Any
+    send: Callable[[], None]
+    drop: Callable[[], None]
+
+
 Resume = Callable[[Mapping[str, Any], NodeContext, bool], Any]
 
 
@@ -154,10 +172,18 @@ class NodeType(Generic[P]):
     at registration their type must exist and their literal params fit it."""
     pure: bool = False
     """The function only computes its output from its params and context, quickly, with no
-    effect outside (no messages sent, no data kept). The engine then skips marking the node
-    `running`: it records the node once, when it ends, so after another node of a chain
-    (which hands it the run document) it costs its run a single update. Such a node may be
-    computed twice (a message delivered again); only one end is recorded."""
+    effect outside (no messages sent, no data kept) but those it defers to its end
+    (`AfterEnd`) and may repeat. The engine then skips marking the node `running`: it records
+    the node once, when it ends, so after another node of a chain (which hands it the run
+    document) it costs its run a single update. Such a node may be computed twice (a message
+    delivered again); only one end is recorded. A type with `resume` may be pure only for
+    the nodes that cannot wait (`may_wait`)."""
+    may_wait: Callable[[Mapping[str, Any]], bool] | None = None
+    """For a type with `resume` whose nodes wait only with some params: whether a node with
+    these params, as written, may return `Wait` (a templated param that decides it must
+    count as "may"). None: every node of a type with `resume` may wait. A node that cannot
+    wait runs as one of a type without `resume` does: handed the run document by the node
+    before it, and, when the type is `pure`, recorded once at its end."""
     rerun_safe: bool = True
     """Whether a node whose worker was lost while it ran may be run again (at-least-once).
     False for a type whose effect must not happen twice and cannot be checked (a message
@@ -167,8 +193,24 @@ class NodeType(Generic[P]):
     module, so that checking a workflow does not load them); a worker imports them at start."""
 
     def __post_init__(self) -> None:
-        if self.pure and self.resume is not None:
-            raise ConfigurationError(f"node type '{self.name}' cannot be pure and wait (it has `resume`)")
+        if self.pure and self.resume is not None and self.may_wait is None:
+            raise ConfigurationError(
+                f"node type '{self.name}' cannot be pure and wait (it has `resume`): give it "
+                "`may_wait` to say which of its nodes cannot wait"
+            )
+
+    def waits(self, params: Mapping[str, Any]) -> bool:
+        """Whether a node of this type with these params (as written) may wait."""
+        return self.resume is not None and (self.may_wait is None or self.may_wait(params))
+
+    def runs_handed(self, params: Mapping[str, Any]) -> bool:
+        """Whether a node of this type with these params may run from the run document the
+        node before it hands on (`orchestrator.store.handoff`): one that cannot wait."""
+        return not self.waits(params)
+
+    def pure_for(self, params: Mapping[str, Any]) -> bool:
+        """Whether a node of this type with these params is recorded once, at its end."""
+        return self.pure and not self.waits(params)
 
 
 class Registry:
@@ -226,7 +268,9 @@ class Registry:
 
     def handed_types(self, names: Iterable[str] | None = None) -> frozenset[str]:
         """Names of the types whose nodes run from the run document the node before them in
-        a chain hands on (`orchestrator.store.handoff`): every type that does not wait.
+        a chain hands on (`orchestrator.store.handoff`): every type that does not wait. (A
+        node of a type that waits only with some params is handed it when it cannot wait:
+        `NodeType.runs_handed`.)
 
         Args:
             names: the types to consider (a workflow's), so that only their modules are

@@ -44,7 +44,7 @@ from orchestrator.engine.leases import holder_name
 from orchestrator.engine.log_capture import RunNodeFilter
 from orchestrator.engine.outages import service_error
 from orchestrator.engine.outcome import dependency_verdict, finished_outputs, run_outcome
-from orchestrator.engine.registry import NodeContext, NodeType, Registry, Wait
+from orchestrator.engine.registry import AfterEnd, NodeContext, NodeType, Registry, Wait
 from orchestrator.engine.run_ends import tell_waiters
 from orchestrator.engine.segments import cut, hand_over, tail_from
 from orchestrator.engine.task_events import FAILED_RESULT, NodeTaskLines, report_failed_node, same_reprs
@@ -300,24 +300,33 @@ def run_node(
     store: RunStore = task.app.store
     token, final, epoch = message.token, message.final, message.epoch
     attempt = task.request.retries + 1 + message.attempt_base
-    pure = node_type.pure and token is None
-    handed = snapshot_of(message.previous, run_id) if token is None and node_type.resume is None else None
+    pure = node_type.pure_for(spec.params) and token is None
+    runs_handed = token is None and node_type.runs_handed(spec.params)
+    handed = snapshot_of(message.previous, run_id) if runs_handed else None
     start = NodeStart(attempt, epoch, task.app.leases.lease_until(), holder_name(), task.request.id)
     before, run_was = _start(store, run_id, spec.id, start, pure, handed, message)
     if before is None:
         _not_started(task, node_type, run_id, spec, message)
         return NodeEnd()
     started_doc = before
+    effects: AfterEnd | None = None  # what the node does once its end is recorded
 
     def record(state: dict[str, Any], doc_size: int = 0) -> NodeEnd:
         state = _masked(task.app, state)
         if final is not None:
-            if _end_node_and_run(task.app, started_doc, spec.id, state, final, doc_size, run_was, epoch):
+            ended = _end_node_and_run(
+                task.app, started_doc, spec.id, state, final, doc_size, run_was, epoch, message.first
+            )
+            if ended:
+                settle(task.app, run_id, spec.id, effects, recorded=True)
                 return NodeEnd(run_ended=True, failure=_failure_of(state))
             # The run is over (cancelled): a started node still records its end.
             recorded = not pure and store.end_node(run_id, spec.id, state, doc_size)
         else:
-            recorded = store.end_node(run_id, spec.id, state, doc_size, run_was=run_was, epoch=epoch)
+            recorded = store.end_node(
+                run_id, spec.id, state, doc_size, run_was=run_was, epoch=epoch, first=message.first
+            )
+        settle(task.app, run_id, spec.id, effects, recorded)
         if pure and not recorded:  # the run ended meanwhile, or another message recorded the node
             _not_started(task, node_type, run_id, spec, message)
         if not recorded:
@@ -338,9 +347,13 @@ def run_node(
         if isinstance(output, Wait):
             waiting = wait_record(task, context, output)
         else:
+            if isinstance(output, AfterEnd):
+                effects, output = output, output.output
             state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
             return record(state, doc_size=document_size(before))
     except DocumentTooLarge as exc:
+        _drop(run_id, spec.id, effects)  # its output is not what is recorded
+        effects = None
         return record(_failure(exc, attempt, started, with_traceback=False))
     except Exception as exc:
         if spec.retry and attempt < spec.retry.max_attempts:
@@ -373,7 +386,8 @@ def _start(
         before = _pure_start(store, run_id, node_id, handed, start.epoch, message.reads)
         return before, before["status"] if before else None
     if handed is not None:
-        return (handed if store.mark_node_running(run_id, node_id, start) else None), None
+        marked = store.mark_node_running(run_id, node_id, start, handed["status"], message.first)
+        return (handed if marked else None), None
     return store.start_node(run_id, node_id, start, first=message.first, reads=message.reads), None
 
 
@@ -425,6 +439,7 @@ def _end_node_and_run(
     doc_size: int,
     run_was: RunStatus | None = None,
     epoch: int = 0,
+    first: bool = True,
 ) -> bool:
     """Record the run's last node and end the run in one update; True when this call did.
 
@@ -448,11 +463,42 @@ def _end_node_and_run(
         doc_size=doc_size,
         run_was=run_was,
         epoch=epoch,
+        first=first,
     )
     if ended is None:
         return False
     tell_waiters(app, ended)
     return True
+
+
+def settle(app: OrchestratorApp, run_id: str, node_id: str, effects: AfterEnd | None, recorded: bool) -> None:
+    """Carry out what a node deferred to its end (`AfterEnd`): `send` when this message
+    recorded the end, or another did, or the run is still going (a message of another epoch
+    records it); `drop` when the run was over before the node's end was recorded.
+
+    A failure is logged, not raised: the node's end is recorded whatever happens to its
+    effect (a run left unsent is sent by the sweeper)."""
+    if effects is None:
+        return
+    if not recorded:
+        doc = app.store.read_run(run_id, [node_id])
+        if doc["status"] not in RUN_ACTIVE and doc["nodes"][node_id]["status"] != "finished":
+            _drop(run_id, node_id, effects)
+            return
+    try:
+        effects.send()
+    except Exception as exc:
+        logger.error("run %s node %s: its effect failed after its end was recorded: %s", run_id, node_id, exc)
+
+
+def _drop(run_id: str, node_id: str, effects: AfterEnd | None) -> None:
+    """Undo what a node prepared for its end, which is not to be: the run was over first, or
+    the end recorded is not the node's output."""
+    if effects is not None:
+        try:
+            effects.drop()
+        except Exception as exc:
+            logger.error("run %s node %s: undoing what it prepared failed: %s", run_id, node_id, exc)
 
 
 def _not_started(
@@ -526,8 +572,12 @@ def _call(node_type: NodeType[Any], spec: NodeSpec, context: NodeContext) -> Any
     if isinstance(output, Wait):
         return output
     try:
+        if isinstance(output, AfterEnd):
+            return replace(output, output=_JSON.validate_python(output.output))
         return _JSON.validate_python(output)
     except ValidationError as exc:
+        if isinstance(output, AfterEnd):
+            output.drop()
         raise NodeError(
             f"node '{spec.id}' ({spec.type}) returned output that is not JSON: {exc.errors()[0]['msg']}"
         ) from exc

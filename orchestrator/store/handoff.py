@@ -8,6 +8,9 @@ status, output and error, with the document's size. A pure node (`NodeType.pure`
 from it and costs its run one update, its end; any other node marks itself `running`
 without reading the document back, then ends: two updates, no read.
 
+The nodes a run starts with (its sources) are handed a snapshot of the run's new document by
+whoever launches the run (`snapshot_at_launch`), so they read nothing either.
+
 It is built from the document the node started from plus its own end, not read back: the
 nodes the next node may depend on (the ones before it in its chain, and before the chain's
 start) had all ended by then, and anything that changes the run meanwhile (a cancel) is
@@ -80,11 +83,36 @@ def snapshot_after(
     snapshot = {key: value for key, value in before.items() if key not in _LEFT_OUT}
     # The node's end was recorded in an active run, or it started it.
     snapshot |= {"status": "running", "nodes": nodes, SIZE_KEY: size}
+    return _as_text(snapshot, HAND_ON_MAX_BYTES)
+
+
+def snapshot_at_launch(
+    doc: dict[str, Any],
+    keep: Collection[str] | None = None,
+    size: int = 0,
+    max_bytes: int = HAND_ON_MAX_BYTES,
+) -> str | None:
+    """The snapshot, as JSON text, of a new run's document (`pending`, every node `pending`)
+    for one of the nodes the run starts with, so that it reads nothing to start; None when
+    it is larger than `max_bytes` (or not JSON).
+
+    Args:
+        keep: as for `snapshot_after`: in a wide workflow, the nodes the node reads.
+        size: the document's size in BSON bytes, when the caller measured it.
+    """
+    nodes = {node_id: {"status": "pending"} for node_id in (doc["nodes"] if keep is None else keep)}
+    # A field a new run has no value in yet (no parent, no results) is left out: read as None.
+    snapshot = {key: value for key, value in doc.items() if key not in _LEFT_OUT and value is not None}
+    snapshot |= {"status": "pending", "nodes": nodes, SIZE_KEY: size or document_size(doc)}
+    return _as_text(snapshot, max_bytes)
+
+
+def _as_text(snapshot: dict[str, Any], max_bytes: int) -> str | None:
     try:
         text = json.dumps(snapshot, separators=(",", ":"))
     except (TypeError, ValueError):  # a field that is not JSON: let the next node read
         return None
-    return text if len(text) <= HAND_ON_MAX_BYTES else None
+    return text if len(text) <= max_bytes else None
 
 
 def snapshot_of(previous: Any, run_id: str) -> dict[str, Any] | None:

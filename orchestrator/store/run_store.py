@@ -113,6 +113,17 @@ def epoch_filter(epoch: int) -> Document:
     return {"epoch": epoch} if epoch else {"epoch": {"$exists": False}}
 
 
+Update = tuple[Document, Document]  # a compare-and-set update: its filter and its change
+
+
+def _in_likely_order(starting: Update, running: Update, first: bool) -> list[Update]:
+    """The updates to try, in turn, on a run that was `pending` in the document a node ran
+    from: its only source starts it (`starting` first); any other node most likely finds it
+    started by another (`running` first, then `starting`, then `running` again, since a run
+    may be started between the two)."""
+    return [starting, running] if first else [running, starting, running]
+
+
 @dataclass(frozen=True)
 class NodeStart:
     """What a node's message brings to its start: its attempt, the run's epoch it belongs to,
@@ -433,17 +444,31 @@ class RunStore:
             raise RunNotFound(f"no run with id '{run_id}'")
         return nested(found)
 
-    def mark_node_running(self, run_id: str, node_id: str, start: NodeStart) -> bool:
+    def mark_node_running(
+        self, run_id: str, node_id: str, start: NodeStart, run_was: RunStatus = "running", first: bool = False
+    ) -> bool:
         """Mark a node `running` as `start_node` does, without reading the document back: for
-        a node handed the document by the node before it, in a run that node started.
+        a node handed the document by the node before it, or by the run's launch.
+
+        Args:
+            run_was: the run's status in the document handed on: when `pending`, the run may
+                still be, and the update that marks the node then also stamps `started_at`.
+            first: the node is the run's only source (its start is the run's start).
 
         Returns:
             True when it was marked; False when the run is over or the node already
             finished or waits (a redelivered message).
         """
         startable, update = self._starting(run_id, node_id, start)
-        marked = self.runs.update_one({**startable, "status": {"$in": list(RUN_ACTIVE)}}, update)
-        return marked.matched_count == 1
+        if run_was != "pending":
+            marked = self.runs.update_one({**startable, "status": {"$in": list(RUN_ACTIVE)}}, update)
+            return marked.matched_count == 1
+        starting = ({**startable, "status": "pending"}, {**update, "$currentDate": {"started_at": True}})
+        running = ({**startable, "status": "running"}, update)
+        return any(
+            self.runs.update_one(where, change).matched_count == 1
+            for where, change in _in_likely_order(starting, running, first)
+        )
 
     @staticmethod
     def _starting(run_id: str, node_id: str, start: NodeStart) -> tuple[Document, Document]:
@@ -487,6 +512,7 @@ class RunStore:
         from_statuses: Iterable[str] = NODE_ENDABLE,
         run_was: RunStatus | None = None,
         epoch: int = 0,
+        first: bool = True,
     ) -> bool:
         """Record a node's final state (`finished`, `failed` or `skipped`), once.
 
@@ -506,7 +532,7 @@ class RunStore:
             DocumentTooLarge: the output would make the run document too large.
         """
         self._check_size(node_id, state, doc_size)
-        for where, update in self._end_updates(run_id, node_id, state, from_statuses, run_was, epoch):
+        for where, update in self._end_updates(run_id, node_id, state, from_statuses, run_was, epoch, first):
             if self.runs.update_one(where, update).modified_count == 1:
                 return True
         return False
@@ -523,11 +549,12 @@ class RunStore:
         run_was: RunStatus | None = None,
         epoch: int = 0,
         results_omitted: str | None = None,
+        first: bool = True,
     ) -> Document | None:
         """Record a run's last node and end the run, in one update, once.
 
         Args:
-            run_was: as for `end_node`: a pending run is started (and ended) by this update.
+            run_was, first: as for `end_node`: a pending run is started (and ended) by this update.
             results_omitted: as for `end_run`.
 
         Returns:
@@ -539,7 +566,7 @@ class RunStore:
         """
         self._check_size(node_id, state, doc_size)
         ending = run_ending(status, results, error, results_omitted)
-        ends = self._end_updates(run_id, node_id, state, NODE_ENDABLE, run_was or "running", epoch)
+        ends = self._end_updates(run_id, node_id, state, NODE_ENDABLE, run_was or "running", epoch, first)
         for where, update in ends:
             update["$set"].update(ending)
             update["$currentDate"] = {**update.get("$currentDate", {}), "finished_at": True}
@@ -559,13 +586,15 @@ class RunStore:
         from_statuses: Iterable[str],
         run_was: RunStatus | None,
         epoch: int = 0,
-    ) -> list[tuple[Document, Document]]:
+        first: bool = True,
+    ) -> list[Update]:
         """The compare-and-set updates that record a node's end, in the order to try them.
 
         A node marked running ends whatever the run's status (a cancelled run keeps its
         nodes' ends). A node never marked running (`run_was` given) ends only in an active
         run, by a message of the run's current `epoch`; when the run was pending, its end is
-        also the run's start, and a run started meanwhile by another node is tried next.
+        also the run's start, unless another node started the run meanwhile (tried first
+        unless the node is the run's only source, `first`).
         """
         where = cls._ending(run_id, node_id, from_statuses)
         recorded = {f"nodes.{node_id}": state}
@@ -579,7 +608,7 @@ class RunStore:
             {**where, "status": "pending"},
             {"$set": {**recorded, "status": "running"}, "$currentDate": {"started_at": True}},
         )
-        return [starting, in_running]
+        return _in_likely_order(starting, in_running, first)
 
     @staticmethod
     def _ending(run_id: str, node_id: str, from_statuses: Iterable[str]) -> Document:
