@@ -76,8 +76,11 @@ def _over_growth(
     runs: Collection[Document], finished: Document, cost: Callable[[tuple[float, float]], float]
 ) -> float:
     """`cost` of a node's (start, end) times, averaged over a run document's growth: timed on
-    a new run's document (every node pending) and on `finished` (every output in), at its
+    a new run's document (every node pending) and on `finished` (every output in) as it was
+    while its nodes ran (`running`, before its end wrote `results` and the rest), at its
     middle node."""
+    last_node_end = {"status": "running", "results": None, "error": None, "finished_at": None}
+    finished = {key: value for key, value in finished.items() if key != "results_omitted"} | last_node_end
     node_ids = sorted(finished["nodes"])
     middle = node_ids[len(node_ids) // 2]
     fresh = new_run_document(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from orchestrator.api import Orchestrator
     from orchestrator.definitions.spec import NodeSpec, WorkflowSpec
-    from orchestrator.engine.registry import NodeContext, NodeType, Wait
+    from orchestrator.engine.registry import AfterEnd, NodeContext, NodeType, Wait
     from orchestrator.errors import (
         NodeError,
         OrchestratorError,
@@ -42,6 +42,7 @@ _WHERE = {
     "WorkflowValidationError": "orchestrator.errors",
     "NodeState": "orchestrator.store.models",
     "Run": "orchestrator.store.models",
+    "AfterEnd": "orchestrator.engine.registry",
     "NodeContext": "orchestrator.engine.registry",
     "NodeType": "orchestrator.engine.registry",
     "Wait": "orchestrator.engine.registry",
@@ -50,6 +51,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "AfterEnd",
     "NodeContext",
     "NodeError",
     "NodeSpec",
