@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator.engine.registry import NodeContext, NodeType
+from orchestrator.engine.registry import AfterEnd, NodeContext, NodeType
 from orchestrator.errors import NodeError
 from orchestrator.store.handoff import SIZE_KEY
 
@@ -57,6 +58,24 @@ def count(params: CountParams, context: NodeContext) -> int:
     )
     assert doc is not None  # an upsert returning the document after the update
     return int(doc["n"])
+
+
+class OutboxParams(BaseModel):
+    key: str
+    kib: int = 0
+
+
+def outbox(params: OutboxParams, context: NodeContext) -> AfterEnd:
+    """A pure node with an effect after its end: `<key>:sent` or `<key>:dropped` counted, its
+    output `kib` KiB of text."""
+
+    def counted(suffix: str) -> Callable[[], None]:
+        def effect() -> None:
+            count(CountParams(key=f"{params.key}:{suffix}"), context)
+
+        return effect
+
+    return AfterEnd(output="x" * (params.kib * 1024), send=counted("sent"), drop=counted("dropped"))
 
 
 class TickParams(BaseModel):
@@ -171,5 +190,6 @@ node_types = [
     NodeType(name="peek", params=PeekParams, run=peek, pure=True),
     NodeType(name="peek_running", params=PeekParams, run=peek_running),
     NodeType(name="parent_node", params=PeekParams, run=parent_node),
+    NodeType(name="outbox", params=OutboxParams, run=outbox, pure=True),
     NodeType(name="pure_flaky", params=FlakyParams, run=flaky, pure=True),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -10,9 +11,11 @@ from celery.canvas import Signature, _chain
 
 from orchestrator.definitions.spec import parse_workflow
 from orchestrator.engine.app import OrchestratorApp
-from orchestrator.engine.compiler import compile_workflow
+from orchestrator.engine.compiler import compile_workflow, first_steps, hand_to_first_steps
 from orchestrator.engine.factory import create_app
 from orchestrator.settings import Settings
+from orchestrator.store.models import new_run_document
+from tests.conftest import not_none
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +170,59 @@ def test_a_handed_on_message_shows_what_it_carries_not_the_document(app: Orchest
     canvas = compile_workflow(app, spec, "run1", app.registry.handed_types())
     assert isinstance(canvas, _chain)
     assert canvas.tasks[1].options["argsrepr"] == "(the run document the node before handed on)"
+
+
+def test_a_fire_and_forget_child_node_is_handed_the_document_and_a_waiting_one_is_not(
+    app: OrchestratorApp,
+) -> None:
+    def child(node_id: str, mode: str, after: str) -> dict[str, Any]:
+        params = {"workflow": "X", "mode": mode}
+        return {"id": node_id, "type": "run_workflow", "after": [after], "params": params}
+
+    assert handing(
+        app,
+        [
+            {"id": "a", "type": "set"},
+            child("ff", "fire_and_forget", "a"),
+            child("templated", "{{ mode }}", "ff"),  # may wait: it reads the document
+            {"id": "d", "type": "set", "after": ["templated"]},
+        ],
+    ) == {"a": (True, False), "ff": (False, True), "templated": (True, False), "d": (False, True)}
+
+
+def launch_snapshots(app: OrchestratorApp, nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any] | None]:
+    """For each node a new run of `nodes` starts with: the snapshot its launch hands it."""
+    spec = parse_workflow({"name": "W", "nodes": nodes})
+    handed = app.registry.handed_types()
+    canvas = compile_workflow(app, spec, "run1", handed)
+    doc = new_run_document(
+        run_id="run1", workflow="W", node_ids=[n.id for n in spec.nodes], variables={"v": 1}, trigger={}
+    )
+    hand_to_first_steps(app, spec, canvas, doc, handed)
+    return {
+        sig.kwargs["node"]["id"]: json.loads(sig.args[0]) if sig.args else None for sig in first_steps(canvas)
+    }
+
+
+def test_the_first_nodes_are_handed_the_new_runs_document_with_what_each_reads(app: OrchestratorApp) -> None:
+    handed = launch_snapshots(
+        app,
+        [
+            {"id": "r1", "type": "set"},
+            {"id": "r2", "type": "set", "params": {"x": "{{ nodes.late.output }}"}},
+            {"id": "ff", "type": "run_workflow", "params": {"workflow": "X", "mode": "fire_and_forget"}},
+            {"id": "w", "type": "run_workflow", "params": {"workflow": "X"}},  # waits: reads
+            {"id": "late", "type": "set", "after": ["r1", "r2", "ff", "w"]},
+        ],
+    )
+    assert handed["w"] is None
+    r1, r2, ff = (not_none(handed[n]) for n in ("r1", "r2", "ff"))
+    assert r1["_id"] == "run1" and r1["status"] == "pending" and r1["variables"] == {"v": 1}
+    assert "parent_run_id" not in r1 and "created_at" not in r1 and r1["_size"] > 0  # no None, no times
+    assert (r1["nodes"], ff["nodes"]) == ({"r1": {"status": "pending"}}, {"ff": {"status": "pending"}})
+    assert r2["nodes"] == {"late": {"status": "pending"}, "r2": {"status": "pending"}}
+
+
+def test_a_first_node_that_hands_on_is_handed_the_whole_new_document(app: OrchestratorApp) -> None:
+    handed = launch_snapshots(app, [{"id": "a", "type": "set"}, {"id": "b", "type": "set", "after": ["a"]}])
+    assert set(not_none(handed["a"])["nodes"]) == {"a", "b"}

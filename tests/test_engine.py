@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
+from orchestrator.engine.launcher import prepare_run
 from orchestrator.store.handoff import snapshot_after
 from orchestrator.store.models import Run
 from tests.conftest import as_dict, not_none, wait_for, workflow
@@ -42,7 +43,15 @@ def test_chain_runs_nodes_in_order_and_passes_outputs(orch: Orchestrator) -> Non
     )
 
 
+def worker_idle(orch: Orchestrator) -> bool:
+    """Whether the shared worker runs nothing (a test before may have left a node running)."""
+    active = orch.app.control.inspect(timeout=1).active() or {}
+    return bool(active) and not any(active.values())
+
+
 def test_group_branches_run_in_parallel(orch: Orchestrator) -> None:
+    # Both branches need a free process each: start once the worker's two are free.
+    wait_for(lambda: worker_idle(orch), timeout=60, what="the shared worker to be idle")
     result = run(
         orch,
         workflow(
@@ -347,6 +356,48 @@ def test_the_nodes_a_run_starts_with_run_from_the_document_its_launch_hands_them
             assert output["own_status"] == "running"
     # the run's start is stamped by whichever first node started it, before the last began
     assert not_none(result.started_at) <= not_none(result.nodes["last"].started_at)
+
+
+def counted(orch: Orchestrator, key: str) -> int:
+    doc = orch.store.db["test_counts"].find_one({"_id": key})
+    return int(doc["n"]) if doc else 0
+
+
+def test_an_effect_deferred_to_the_end_follows_the_recorded_end_once(orch: Orchestrator) -> None:
+    result = run(orch, workflow("Outbox", {"id": "o", "type": "outbox", "params": {"key": "outbox-once"}}))
+    assert result.status == "finished" and result.nodes["o"].output == ""
+    wait_for(lambda: counted(orch, "outbox-once:sent") == 1, what="the effect")
+    assert counted(orch, "outbox-once:dropped") == 0
+
+
+def test_an_effect_whose_output_is_not_recorded_is_dropped(orch: Orchestrator) -> None:
+    too_big = orch.app.settings.max_run_doc_bytes // 1024 + 1
+    node = {"id": "o", "type": "outbox", "params": {"key": "outbox-big", "kib": too_big}}
+    result = run(orch, workflow("Outbox Too Big", node))
+    assert result.status == "failed" and "ORCH_MAX_RUN_DOC_BYTES" in (result.nodes["o"].error or "")
+    assert (counted(orch, "outbox-big:sent"), counted(orch, "outbox-big:dropped")) == (0, 1)
+
+
+def test_an_effect_of_a_node_whose_run_was_cancelled_first_is_dropped(orch: Orchestrator) -> None:
+    node = {"id": "o", "type": "outbox", "params": {"key": "outbox-cx"}}
+    spec = orch.register(workflow("Outbox Cancelled", node))
+    run_id, canvas = prepare_run(orch.app, spec)  # the node runs from its launch's document
+    assert canvas is not None and orch.cancel(run_id) == [run_id]
+    canvas.apply_async()
+    wait_for(lambda: counted(orch, "outbox-cx:dropped") == 1, what="the effect dropped")
+    assert counted(orch, "outbox-cx:sent") == 0 and orch.get_run(run_id).nodes["o"].status == "pending"
+
+
+def test_a_pure_node_with_retries_whose_run_was_cancelled_first_is_left_alone(orch: Orchestrator) -> None:
+    node = {"id": "p", "type": "set", "params": {"n": 1}, "retry": {"max_attempts": 3, "backoff_s": 0.1}}
+    spec = orch.register(workflow("Pure Cancelled", node))
+    run_id, canvas = prepare_run(orch.app, spec)  # the node runs from its launch's document
+    assert canvas is not None and orch.cancel(run_id) == [run_id]
+    canvas.apply_async()
+    orch.register(workflow("Marker", {"id": "m", "type": "sleep", "params": {"seconds": 0.5}}))
+    orch.run("Marker", timeout=30)  # the worker took the node's message meanwhile
+    state = orch.get_run(run_id).nodes["p"]
+    assert (state.status, state.attempts) == ("pending", 0)  # not retried as if it had failed
 
 
 def test_a_pure_node_after_parallel_work_reads_the_document(orch: Orchestrator) -> None:

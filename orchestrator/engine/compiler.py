@@ -169,12 +169,13 @@ LAUNCH_HAND_ON_MIN_BYTES = 4096
 
 
 def hand_to_first_steps(
-    app: Celery, canvas: Signature, doc: dict[str, Any], handed_types: Collection[str]
+    app: Celery, spec: WorkflowSpec, canvas: Signature, doc: dict[str, Any], handed_types: Collection[str]
 ) -> None:
     """Give the nodes a new run starts with, those that may run from a handed document, a
-    snapshot of the run's document `doc` as it was created (in a wide workflow, of the nodes
-    each reads), so that none reads the document to start. Many first nodes share the budget
-    of one hand-on, each with `LAUNCH_HAND_ON_MIN_BYTES` at least; past it a node reads.
+    snapshot of the run's document `doc` as it was created (of the nodes each reads, unless
+    it hands the snapshot on or ends the run), so that none reads the document to start.
+    Many first nodes share the budget of one hand-on, each with `LAUNCH_HAND_ON_MIN_BYTES`
+    at least; past it a node reads.
 
     Only for the canvas of a run just created from `doc`, before anything else ran."""
     handed = handed_predicate(app, handed_types)
@@ -183,11 +184,23 @@ def hand_to_first_steps(
         return
     budget = max(HAND_ON_MAX_BYTES // len(firsts), LAUNCH_HAND_ON_MIN_BYTES)
     size = document_size(doc)
+    nodes = {node.id: node for node in spec.nodes}
     for sig in firsts:
-        snapshot = snapshot_at_launch(doc, sig.kwargs.get("reads"), size, budget)
+        snapshot = snapshot_at_launch(doc, _launch_keep(app, sig, nodes), size, budget)
         if snapshot is not None:
             sig.args = (snapshot,)
             sig.set(argsrepr="(the run document as it was created)")
+
+
+def _launch_keep(app: Celery, sig: Signature, nodes: dict[str, NodeSpec]) -> list[str] | None:
+    """The nodes whose states a first node's launch snapshot holds: in a wide workflow those
+    it reads; otherwise those too, unless the node hands the snapshot on (the next node may
+    read any) or ends the run (it decides from every node): then all (None)."""
+    if sig.kwargs.get("reads") is not None:
+        return list(sig.kwargs["reads"])
+    if sig.kwargs.get("hand_on") or sig.kwargs.get("final") is not None:
+        return None
+    return node_reads(app, nodes[sig.kwargs["node"]["id"]])
 
 
 def first_steps(sig: Signature) -> Iterator[Signature]:

@@ -105,7 +105,7 @@ def prepare_run(
     canvas = compile_workflow(app, spec, run_id, handed, digest=digest)
     stored, created = app.store.create_run(doc)
     if created:
-        hand_to_first_steps(app, canvas, doc, handed)  # its first nodes need not read it
+        hand_to_first_steps(app, spec, canvas, doc, handed)  # its first nodes need not read it
         return run_id, canvas
     resend = _abandoned(stored, resend_after_s) and _same_nodes(stored, spec)
     if resend and app.store.claim_dispatch(run_id, stored.get("dispatch_claim")):

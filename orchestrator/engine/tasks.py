@@ -351,24 +351,37 @@ def run_node(
                 effects, output = output, output.output
             state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
             return record(state, doc_size=document_size(before))
+    except (Retry, Ignore):  # Celery's own (a pure node whose run ended meanwhile): not a failure
+        raise
     except DocumentTooLarge as exc:
         _drop(run_id, spec.id, effects)  # its output is not what is recorded
         effects = None
         return record(_failure(exc, attempt, started, with_traceback=False))
     except Exception as exc:
-        if spec.retry and attempt < spec.retry.max_attempts:
-            delay = min(spec.retry.delay_before(attempt + 1), MAX_COUNTDOWN_S)
-            logger.warning(
-                "run %s node %s attempt %d failed (%s); retry in %.1fs", run_id, spec.id, attempt, exc, delay
-            )
-            retrying = _failure(exc, attempt, started) | {"status": "running", "finished_at": None}
-            # The retry's message is held by a worker until its countdown: lease past it.
-            retrying |= replace(start, lease_until=task.app.leases.lease_until() + delay).lease()
-            store.set_node_state(run_id, spec.id, retrying, NODE_STARTABLE)
-            raise task.retry(countdown=delay, exc=exc, **same_reprs(task)) from exc
+        _retry_if_it_may(task, run_id, spec, exc, start, started)
         return record(_failure(exc, attempt, started))
     begin_wait(task, node_type, spec, context, waiting)
     return NodeEnd()
+
+
+def _retry_if_it_may(
+    task: NodeTask, run_id: str, spec: NodeSpec, exc: Exception, start: NodeStart, started: datetime
+) -> None:
+    """After a failed attempt of a node with `retry:` attempts left: record it `running`
+    with its error and a lease past the wait, and raise `Retry` to run it again after the
+    node's backoff. Returns for a node with no attempt left: it fails."""
+    attempt = start.attempt
+    if not spec.retry or attempt >= spec.retry.max_attempts:
+        return
+    delay = min(spec.retry.delay_before(attempt + 1), MAX_COUNTDOWN_S)
+    logger.warning(
+        "run %s node %s attempt %d failed (%s); retry in %.1fs", run_id, spec.id, attempt, exc, delay
+    )
+    retrying = _failure(exc, attempt, started) | {"status": "running", "finished_at": None}
+    # The retry's message is held by a worker until its countdown: lease past it.
+    retrying |= replace(start, lease_until=task.app.leases.lease_until() + delay).lease()
+    task.app.store.set_node_state(run_id, spec.id, retrying, NODE_STARTABLE)
+    raise task.retry(countdown=delay, exc=exc, **same_reprs(task)) from exc
 
 
 def _start(
@@ -482,7 +495,8 @@ def settle(app: OrchestratorApp, run_id: str, node_id: str, effects: AfterEnd | 
         return
     if not recorded:
         doc = app.store.read_run(run_id, [node_id])
-        if doc["status"] not in RUN_ACTIVE and doc["nodes"][node_id]["status"] != "finished":
+        recorded_by_another = doc.get("nodes", {}).get(node_id, {}).get("status") == "finished"
+        if doc["status"] not in RUN_ACTIVE and not recorded_by_another:
             _drop(run_id, node_id, effects)
             return
     try:
