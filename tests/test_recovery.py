@@ -18,6 +18,9 @@ import pytest
 import redis
 
 from orchestrator import Orchestrator
+from orchestrator.constants import RUN_OVER
+from orchestrator.engine.app import OrchestratorApp
+from orchestrator.engine.launcher import relaunch_undispatched
 from orchestrator.engine.reconciler import reconcile
 from orchestrator.services.embedded import Service, free_port, start_mongo
 from orchestrator.settings import Settings
@@ -57,6 +60,12 @@ class Stack:
     def count(self, key: str) -> int:
         doc = self.orch.store.db["test_counts"].find_one({"_id": key})
         return int(doc["n"]) if doc else 0
+
+
+def sweep(app: OrchestratorApp, grace_s: float) -> None:
+    """What `orchestrator beat`'s sweeper does for runs: send runs never sent, reconcile."""
+    relaunch_undispatched(app, grace_s)
+    reconcile(app)
 
 
 def make_settings(base: Settings, redis_url: str, mongo_url: str) -> Settings:
@@ -102,6 +111,49 @@ def test_a_node_whose_worker_is_killed_runs_again_and_the_run_finishes(stack: St
     assert run.status == "finished", run.error
     assert run.nodes["middle"].attempts == 2  # the lost attempt counts
     assert (stack.count("Killed-before"), stack.count("Killed-after")) == (1, 1)
+
+
+@pytest.mark.timeout(150)
+def test_fire_and_forget_children_through_a_killed_worker_each_run_once(stack: Stack) -> None:
+    width = 6
+    stack.orch.register(
+        workflow(
+            "Leaf",
+            {"id": "once", "type": "count", "params": {"key": "{{ run.id }}"}},
+            {"id": "slow", "type": "block", "after": ["once"], "params": {"seconds": 0.4}},
+        )
+    )
+    calls = [
+        {"id": f"c{i}", "type": "run_workflow", "params": {"workflow": "Leaf", "mode": "fire_and_forget"}}
+        for i in range(width)
+    ]
+    stack.orch.register(workflow("Fan", *calls))
+    worker = stack.start_worker()
+    parent_id = stack.orch.trigger("Fan")
+    children = [f"{parent_id}.c{i}" for i in range(width)]
+
+    def a_child_blocks() -> bool:
+        return any(
+            doc["nodes"]["slow"]["status"] == "running"
+            for doc in stack.orch.store.runs.find({"_id": {"$in": children}}, {"nodes": 1})
+        )
+
+    wait_for(a_child_blocks, what="a child's slow node")
+    worker.kill()
+    stack.start_worker()
+
+    def all_over() -> bool:
+        sweep(stack.orch.app, grace_s=0)
+        runs = [
+            stack.orch.store.runs.find_one({"_id": run_id}, {"status": 1})
+            for run_id in [parent_id, *children]
+        ]
+        return all(run is not None and run["status"] in RUN_OVER for run in runs)
+
+    wait_for(all_over, timeout=120, what="the parent and every child to end")
+    assert stack.orch.get_run(parent_id).status == "finished"
+    assert [stack.orch.get_run(child).status for child in children] == ["finished"] * width
+    assert [stack.count(child) for child in children] == [1] * width  # no child ran twice
 
 
 @pytest.mark.timeout(120)

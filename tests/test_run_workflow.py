@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.engine.launcher import prepare_run
+from orchestrator.engine.launcher import Lineage, prepare_run, relaunch_undispatched
 from orchestrator.engine.waiting import sweep_waits
 from orchestrator.settings import Settings
 from orchestrator.store.models import Run
@@ -210,6 +210,26 @@ def test_a_parent_cancelled_before_its_fire_and_forget_node_leaves_a_child_that_
     assert child["dispatched_at"] is None and child["nodes"]["c"]["status"] == "pending"
     assert orch.get_run(parent_id).nodes["child"].status == "pending"
     assert orch.store.db["test_counts"].find_one({"_id": child_id}) is None  # it never ran
+
+
+def test_a_child_left_unsent_by_a_lost_worker_is_sent_by_the_sweeper_once(orch: Orchestrator) -> None:
+    leaf = orch.register(workflow("Leaf", {"id": "c", "type": "count", "params": {"key": "{{ run.id }}"}}))
+    parent_spec = orch.register(workflow("Parent", child_node("Leaf", "fire_and_forget")))
+    parent_id, canvas = prepare_run(orch.app, parent_spec)
+    child_id = f"{parent_id}.child"
+    # A first delivery of the node inserted the child, then its worker died before the send.
+    lineage = Lineage(parent_run_id=parent_id, parent_node_id="child", root_run_id=parent_id, depth=1)
+    prepare_run(orch.app, leaf, trigger={"type": "run_workflow"}, run_id=child_id, lineage=lineage)
+    assert canvas is not None
+    canvas.apply_async()  # the redelivery: it finds the child, records itself, sends nothing
+    parent = orch.wait(parent_id, timeout=30)
+    assert parent.status == "finished" and output_of(parent, "child")["run_id"] == child_id
+    child = orch.get_run(child_id)
+    assert child.status == "pending" and child.dispatched_at is None
+    assert relaunch_undispatched(orch.app, grace_s=0) == [child_id]  # its parent recorded it
+    assert orch.wait(child_id, timeout=30).status == "finished"
+    assert relaunch_undispatched(orch.app, grace_s=0) == []
+    assert not_none(orch.store.db["test_counts"].find_one({"_id": child_id}))["n"] == 1
 
 
 def test_wake_and_poll_together_continue_the_parent_once(orch: Orchestrator) -> None:
