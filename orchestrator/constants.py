@@ -47,6 +47,9 @@ MAX_COUNTDOWN_S: Final = 600.0
 # The largest run document a node hands on to the next node of its chain (in the message);
 # past it the next node reads the document from MongoDB.
 HAND_ON_MAX_BYTES: Final = 64 * 1024
+# What each of several nodes handed one snapshot (the first nodes of a run, or those parallel
+# work starts with) may be handed at least: they share `HAND_ON_MAX_BYTES`.
+HAND_ON_SHARED_MIN_BYTES: Final = 4096
 
 # How long a run may stay `pending` and never sent before its creator is taken for dead and
 # another caller (the sweeper, or a start with the same run id) sends its canvas.

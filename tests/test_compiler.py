@@ -151,7 +151,7 @@ def test_a_node_hands_the_run_document_on_to_the_next_unless_that_one_waits(app:
     }
 
 
-def test_after_parallel_work_a_node_reads_the_document(app: OrchestratorApp) -> None:
+def test_parallel_work_is_handed_the_document_and_after_it_a_node_reads(app: OrchestratorApp) -> None:
     assert handing(
         app,
         [
@@ -160,7 +160,35 @@ def test_after_parallel_work_a_node_reads_the_document(app: OrchestratorApp) -> 
             {"id": "c", "type": "set", "after": ["a"]},
             {"id": "d", "type": "merge", "after": ["b", "c"]},
         ],
-    ) == {"a": (False, False), "b": (False, False), "c": (False, False), "d": (False, False)}
+    ) == {"a": (True, False), "b": (False, True), "c": (False, True), "d": (False, False)}
+
+
+def test_a_node_hands_parallel_work_only_the_states_it_reads(app: OrchestratorApp) -> None:
+    nodes = [
+        {"id": "root", "type": "set"},
+        {"id": "far", "type": "set"},
+        {"id": "b", "type": "set", "after": ["root"], "params": {"x": "{{ nodes.far.output }}"}},
+        {"id": "c", "type": "set", "after": ["root"]},
+        {"id": "py", "type": "python", "after": ["root"], "params": {"code": "result = 1"}},  # reads all
+        {"id": "w", "type": "run_workflow", "after": ["root"], "params": {"workflow": "X"}},  # waits
+    ]
+    canvas = compile_workflow(
+        app, parse_workflow({"name": "W", "nodes": nodes}), "run1", app.registry.handed_types()
+    )
+    found: dict[str, Signature] = {}
+
+    def walk(sig: Signature) -> None:
+        if isinstance(sig, group | _chain | chord):
+            for member in [*sig.tasks, *([sig.body] if isinstance(sig, chord) else [])]:
+                walk(member)
+        elif sig.task.startswith("workers."):
+            found[sig.kwargs["node"]["id"]] = sig
+
+    walk(canvas)
+    root = found["root"]
+    # c takes it (it reads root only); b reads `far`, not a dependency: b reads the document
+    assert (root.kwargs["hand_on"], root.kwargs.get("hand_to")) == (["root"], None)
+    assert [n for n in ("b", "c", "py", "w") if not found[n].immutable] == ["c"]
 
 
 def test_a_handed_on_message_shows_what_it_carries_not_the_document(app: OrchestratorApp) -> None:

@@ -400,6 +400,22 @@ def test_a_pure_node_with_retries_whose_run_was_cancelled_first_is_left_alone(or
     assert (state.status, state.attempts) == ("pending", 0)  # not retried as if it had failed
 
 
+def test_the_nodes_of_a_fan_out_run_from_the_states_the_node_before_handed_on(orch: Orchestrator) -> None:
+    result = run(
+        orch,
+        workflow(
+            "Fan Hand On",
+            {"id": "root", "type": "set", "params": {"n": 1}},
+            {"id": "p1", "type": "peek", "after": ["root"]},
+            {"id": "p2", "type": "peek_running", "after": ["root"]},
+            {"id": "end", "type": "set", "after": ["p1", "p2"], "params": {"n": "{{ nodes.root.output.n }}"}},
+        ),
+    )
+    assert result.status == "finished" and result.results == {"end": {"n": 1}}
+    assert result.nodes["p1"].output == {"handed_on": True, "saw": ["root"]}
+    assert result.nodes["p2"].output == {"handed_on": True, "saw": ["root"], "own_status": "running"}
+
+
 def test_a_pure_node_after_parallel_work_reads_the_document(orch: Orchestrator) -> None:
     result = run(
         orch,

@@ -62,7 +62,9 @@ def test_a_wide_workflows_nodes_carry_what_they_read_and_a_narrow_ones_do_not(or
     header = canvas.tasks[1].tasks  # src, then the chord of WIDTH leaves
     assert header[0].kwargs["reads"] == ["n000", "src"]
     assert "reads" not in canvas.tasks[1].body.kwargs  # the last node decides the run: it reads all
-    assert "hand_on" not in canvas.tasks[0].kwargs
+    # src hands the WIDTH leaves (each reads src and itself) one snapshot: src's state only
+    assert (canvas.tasks[0].kwargs["hand_on"], canvas.tasks[0].kwargs["hand_to"]) == (["src"], WIDTH)
+    assert not any(leaf.immutable for leaf in header)
     narrow = parse_workflow(
         workflow("Narrow", {"id": "a", "type": "set"}, {"id": "b", "type": "set", "after": ["a"]})
     )

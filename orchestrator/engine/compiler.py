@@ -21,7 +21,6 @@ from celery.canvas import Signature, _chain
 
 from orchestrator.constants import (
     FINALIZE_TASK,
-    HAND_ON_MAX_BYTES,
     HARD_LIMIT_GRACE_S,
     JOIN_TASK,
     NODE_TASK_PREFIX,
@@ -30,7 +29,7 @@ from orchestrator.constants import (
 from orchestrator.definitions.spec import NodeSpec, WorkflowSpec
 from orchestrator.definitions.template_refs import nodes_referenced
 from orchestrator.engine.segments import cut
-from orchestrator.store.handoff import document_size, snapshot_at_launch
+from orchestrator.store.handoff import document_size, hand_on_budget, snapshot_at_launch
 
 Graph = dict[str, set[str]]  # node id -> ids it waits for
 
@@ -141,8 +140,24 @@ def _compile(
     if last is not None:  # the run ends with one node: that node's task ends the run too
         last.kwargs["final"] = final
         last.kwargs.pop("reads", None)  # it decides the run's outcome from every node
-    hand_on(body, handed_predicate(app, handed_types))
+    hand_on(body, handed_predicate(app, handed_types), _upstream_reads(app, nodes))
     return body if last is not None else then(body, end)
+
+
+def _upstream_reads(app: Celery, nodes: dict[str, NodeSpec]) -> Callable[[Signature], list[str] | None]:
+    """The nodes whose states a node's message reads (its `reads` in a wide workflow, else
+    those it uses, `node_reads`) when they are all itself or its dependencies, whose states
+    are final before it starts; None otherwise (it reads the document)."""
+
+    def upstream_reads(sig: Signature) -> list[str] | None:
+        node = nodes[sig.kwargs["node"]["id"]]
+        reads = sig.kwargs.get("reads")
+        wanted = list(reads) if reads is not None else node_reads(app, node)
+        if wanted is None or not set(wanted) <= {node.id, *node.dependency_ids()}:
+            return None
+        return wanted
+
+    return upstream_reads
 
 
 def handed_predicate(app: Celery, handed_types: Collection[str]) -> Callable[[Signature], bool]:
@@ -164,25 +179,21 @@ def handed_predicate(app: Celery, handed_types: Collection[str]) -> Callable[[Si
     return handed
 
 
-LAUNCH_HAND_ON_MIN_BYTES = 4096
-"""What each of many first nodes may be handed at least: they share `HAND_ON_MAX_BYTES`."""
-
-
 def hand_to_first_steps(
     app: Celery, spec: WorkflowSpec, canvas: Signature, doc: dict[str, Any], handed_types: Collection[str]
 ) -> None:
     """Give the nodes a new run starts with, those that may run from a handed document, a
     snapshot of the run's document `doc` as it was created (of the nodes each reads, unless
     it hands the snapshot on or ends the run), so that none reads the document to start.
-    Many first nodes share the budget of one hand-on, each with `LAUNCH_HAND_ON_MIN_BYTES`
-    at least; past it a node reads.
+    Many first nodes share the budget of one hand-on (`hand_on_budget`); past it a node
+    reads.
 
     Only for the canvas of a run just created from `doc`, before anything else ran."""
     handed = handed_predicate(app, handed_types)
     firsts = [sig for sig in first_steps(canvas) if handed(sig)]
     if not firsts:
         return
-    budget = max(HAND_ON_MAX_BYTES // len(firsts), LAUNCH_HAND_ON_MIN_BYTES)
+    budget = hand_on_budget(len(firsts))
     size = document_size(doc)
     nodes = {node.id: node for node in spec.nodes}
     for sig in firsts:
@@ -226,7 +237,11 @@ def last_node(sig: Signature) -> Signature | None:
     return sig if sig.task.startswith(NODE_TASK_PREFIX) else None
 
 
-def hand_on(sig: Signature, handed: Callable[[Signature], bool]) -> None:
+def hand_on(
+    sig: Signature,
+    handed: Callable[[Signature], bool],
+    upstream_reads: Callable[[Signature], list[str] | None] = lambda sig: None,
+) -> None:
     """In every chain of the canvas, let a node hand the run document on to the node right
     after it, when that one may run from it (`handed`): the node returns it (`hand_on`),
     the next one takes it as its argument.
@@ -234,24 +249,61 @@ def hand_on(sig: Signature, handed: Callable[[Signature], bool]) -> None:
     In a wide workflow (nodes with `reads`), what is handed on holds only the nodes the next
     node reads (`hand_on` is their list), and only when the node has them all: the next node
     reads only nodes the one before it read, or that one itself (a line: its dependency).
+    A node followed by parallel work hands on to the nodes that work starts with
+    (`_hand_to_members`).
     """
     if isinstance(sig, group | chord):
         for member in sig.tasks:
-            hand_on(member, handed)
+            hand_on(member, handed, upstream_reads)
     if isinstance(sig, chord):
-        hand_on(sig.body, handed)
+        hand_on(sig.body, handed, upstream_reads)
     if not isinstance(sig, _chain):
         return
     for member in sig.tasks:
-        hand_on(member, handed)
+        hand_on(member, handed, upstream_reads)
     for node, after in itertools.pairwise(sig.tasks):
-        if _is_node(node) and _is_node(after) and handed(after):
+        if _is_node(node) and isinstance(after, group | chord):
+            _hand_to_members(node, after, handed, upstream_reads)
+        elif _is_node(node) and _is_node(after) and handed(after):
             kept = _handed(node.kwargs, after.kwargs)
             if kept is None:
                 continue
             node.kwargs["hand_on"] = kept
             after.set_immutable(False)
             after.set(argsrepr="(the run document the node before handed on)")
+
+
+def _hand_to_members(
+    node: Signature,
+    work: Signature,
+    handed: Callable[[Signature], bool],
+    upstream_reads: Callable[[Signature], list[str] | None],
+) -> None:
+    """Let a node followed by parallel work (a group, or a chord's header) hand the run
+    document on to the nodes that work starts with: Celery gives each of them the node's
+    result. Each gets the same snapshot, so it holds only the states those nodes read
+    (never every node: it travels once per node). Only nodes that read nothing but their
+    dependencies (all over before the node hands on) and themselves, and in a wide workflow
+    only states the node has, take it (`hand_to` says how many, for the snapshot's budget);
+    the others read the document."""
+    has = None if node.kwargs.get("reads") is None else {*node.kwargs["reads"], node.kwargs["node"]["id"]}
+    takers, kept = [], set()
+    for member in first_steps(work):
+        wanted = upstream_reads(member) if handed(member) else None
+        if wanted is None:
+            continue
+        others = set(wanted) - {member.kwargs["node"]["id"]}
+        if has is None or others <= has:
+            takers.append(member)
+            kept |= others
+    if not takers:
+        return
+    node.kwargs["hand_on"] = sorted(kept | {node.kwargs["node"]["id"]})
+    if len(takers) > 1:
+        node.kwargs["hand_to"] = len(takers)
+    for member in takers:
+        member.set_immutable(False)
+        member.set(argsrepr="(the run document the node before handed on)")
 
 
 def _handed(node: dict[str, Any], after: dict[str, Any]) -> bool | list[str] | None:

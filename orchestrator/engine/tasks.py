@@ -57,7 +57,7 @@ from orchestrator.engine.waiting import (
     wait_record,
 )
 from orchestrator.errors import DocumentTooLarge, NodeError, NodeTimeout, TemplateError
-from orchestrator.store.handoff import document_size, snapshot_after, snapshot_of
+from orchestrator.store.handoff import document_size, hand_on_budget, snapshot_after, snapshot_of
 from orchestrator.store.models import node_state, utcnow
 from orchestrator.store.run_store import NodeStart
 
@@ -188,6 +188,7 @@ def _register_node_task(app: OrchestratorApp, type_name: str) -> None:
         final: dict[str, Any] | None = None,
         first: bool = False,
         hand_on: bool | list[str] = False,
+        hand_to: int = 1,
         epoch: int = 0,
         outages: int = 0,
         tried: int = 0,
@@ -202,7 +203,8 @@ def _register_node_task(app: OrchestratorApp, type_name: str) -> None:
             reads = None  # a malformed list: read the whole document
         if not isinstance(hand_on, bool) and not _names(hand_on):
             hand_on = False  # a malformed list: hand nothing on
-        message = NodeMessage(token, first, final, previous, hand_on, epoch, outages, tried, reads)
+        hand_to = hand_to if isinstance(hand_to, int) and hand_to > 0 else 1
+        message = NodeMessage(token, first, final, previous, hand_on, epoch, outages, tried, reads, hand_to)
         try:
             end = run_node(self, node_type, run_id, spec, message)
             if final is not None and not end.run_ended:  # a wait or a redelivery ended it: end the run now
@@ -264,6 +266,9 @@ class NodeMessage:
     reads: list[str] | None = None
     """In a wide workflow: the nodes whose states this node reads (`compiler.node_reads`);
     None: the whole run document."""
+    hand_to: int = 1
+    """How many nodes take what this node hands on (the nodes parallel work after it starts
+    with): they share the budget of one hand-on."""
 
     @property
     def attempt_base(self) -> int:
@@ -301,8 +306,7 @@ def run_node(
     token, final, epoch = message.token, message.final, message.epoch
     attempt = task.request.retries + 1 + message.attempt_base
     pure = node_type.pure_for(spec.params) and token is None
-    runs_handed = token is None and node_type.runs_handed(spec.params)
-    handed = snapshot_of(message.previous, run_id) if runs_handed else None
+    handed = _handed_doc(node_type, run_id, spec, message)
     start = NodeStart(attempt, epoch, task.app.leases.lease_until(), holder_name(), task.request.id)
     before, run_was = _start(store, run_id, spec.id, start, pure, handed, message)
     if before is None:
@@ -332,7 +336,11 @@ def run_node(
         if not recorded:
             return NodeEnd()
         keep = message.hand_on if isinstance(message.hand_on, list) else None
-        snapshot = snapshot_after(started_doc, spec.id, state, doc_size, keep) if message.hand_on else None
+        snapshot = (
+            snapshot_after(started_doc, spec.id, state, doc_size, keep, hand_on_budget(message.hand_to))
+            if message.hand_on
+            else None
+        )
         return NodeEnd(handed_on=snapshot, failure=_failure_of(state))
 
     skip_reason = dependency_verdict(spec, before.get("nodes", {}))
@@ -382,6 +390,19 @@ def _retry_if_it_may(
     retrying |= replace(start, lease_until=task.app.leases.lease_until() + delay).lease()
     task.app.store.set_node_state(run_id, spec.id, retrying, NODE_STARTABLE)
     raise task.retry(countdown=delay, exc=exc, **same_reprs(task)) from exc
+
+
+def _handed_doc(
+    node_type: NodeType[Any], run_id: str, spec: NodeSpec, message: NodeMessage
+) -> dict[str, Any] | None:
+    """The run document handed to the node (by the node before it, or the run's launch),
+    when it may run from one; None when it reads the document."""
+    if message.token is not None or not node_type.runs_handed(spec.params):
+        return None
+    handed = snapshot_of(message.previous, run_id)
+    if handed is not None:  # a node parallel work starts with is handed the states it reads only
+        handed["nodes"].setdefault(spec.id, {"status": "pending"})
+    return handed
 
 
 def _start(

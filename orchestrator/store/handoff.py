@@ -28,7 +28,7 @@ from typing import Any
 
 import bson
 
-from orchestrator.constants import HAND_ON_MAX_BYTES
+from orchestrator.constants import HAND_ON_MAX_BYTES, HAND_ON_SHARED_MIN_BYTES
 
 SIZE_KEY = "_size"
 """The snapshot's key for the document's size in BSON bytes (no run document has this key)."""
@@ -57,6 +57,7 @@ def snapshot_after(
     state: dict[str, Any],
     size_before: int = 0,
     keep: Collection[str] | None = None,
+    max_bytes: int = HAND_ON_MAX_BYTES,
 ) -> str | None:
     """The snapshot, as JSON text, of the run document `before` once node `node_id` ended
     with `state`; None when it is too large to hand on.
@@ -66,9 +67,11 @@ def snapshot_after(
     state twice: a little over, never under).
 
     Args:
-        keep: in a wide workflow, the nodes the next node reads: the snapshot holds only
-            their states (a node `before` does not hold, the next node itself, as `pending`:
-            its own start is a compare-and-set on the document).
+        keep: the nodes the next node reads (in a wide workflow, or the nodes parallel work
+            starts with): the snapshot holds only their states (a node `before` does not
+            hold, the next node itself, as `pending`: its own start is a compare-and-set on
+            the document).
+        max_bytes: past this, nothing is handed on (nodes sharing one hand-on get less).
     """
     old = before["nodes"].get(node_id, {})
     size = (size_before or document_size(before)) + len(bson.encode({node_id: state}))
@@ -83,7 +86,7 @@ def snapshot_after(
     snapshot = {key: value for key, value in before.items() if key not in _LEFT_OUT}
     # The node's end was recorded in an active run, or it started it.
     snapshot |= {"status": "running", "nodes": nodes, SIZE_KEY: size}
-    return _as_text(snapshot, HAND_ON_MAX_BYTES)
+    return _as_text(snapshot, max_bytes)
 
 
 def snapshot_at_launch(
@@ -113,6 +116,14 @@ def _as_text(snapshot: dict[str, Any], max_bytes: int) -> str | None:
     except (TypeError, ValueError):  # a field that is not JSON: let the next node read
         return None
     return text if len(text) <= max_bytes else None
+
+
+def hand_on_budget(sharers: int) -> int:
+    """The most a snapshot handed to `sharers` nodes at once (each message carries it) may
+    take: `HAND_ON_MAX_BYTES` shared, each with `HAND_ON_SHARED_MIN_BYTES` at least."""
+    if sharers <= 1:
+        return HAND_ON_MAX_BYTES
+    return max(HAND_ON_MAX_BYTES // sharers, HAND_ON_SHARED_MIN_BYTES)
 
 
 def snapshot_of(previous: Any, run_id: str) -> dict[str, Any] | None:
