@@ -322,7 +322,7 @@ def run_node(
                 task.app, started_doc, spec.id, state, final, doc_size, run_was, epoch, message.first
             )
             if ended:
-                settle(task.app, run_id, spec.id, effects, recorded=True)
+                _settle(task.app, run_id, spec.id, effects, recorded=True)
                 return NodeEnd(run_ended=True, failure=_failure_of(state))
             # The run is over (cancelled): a started node still records its end.
             recorded = not pure and store.end_node(run_id, spec.id, state, doc_size)
@@ -330,7 +330,7 @@ def run_node(
             recorded = store.end_node(
                 run_id, spec.id, state, doc_size, run_was=run_was, epoch=epoch, first=message.first
             )
-        settle(task.app, run_id, spec.id, effects, recorded)
+        _settle(task.app, run_id, spec.id, effects, recorded)
         if pure and not recorded:  # the run ended meanwhile, or another message recorded the node
             _not_started(task, node_type, run_id, spec, message)
         if not recorded:
@@ -505,7 +505,9 @@ def _end_node_and_run(
     return True
 
 
-def settle(app: OrchestratorApp, run_id: str, node_id: str, effects: AfterEnd | None, recorded: bool) -> None:
+def _settle(
+    app: OrchestratorApp, run_id: str, node_id: str, effects: AfterEnd | None, recorded: bool
+) -> None:
     """Carry out what a node deferred to its end (`AfterEnd`): `send` when this message
     recorded the end, or another did, or the run is still going (a message of another epoch
     records it); `drop` when the run was over before the node's end was recorded.
@@ -612,7 +614,7 @@ def _call(node_type: NodeType[Any], spec: NodeSpec, context: NodeContext) -> Any
         return _JSON.validate_python(output)
     except ValidationError as exc:
         if isinstance(output, AfterEnd):
-            output.drop()
+            _drop(context.run_id, spec.id, output)
         raise NodeError(
             f"node '{spec.id}' ({spec.type}) returned output that is not JSON: {exc.errors()[0]['msg']}"
         ) from exc
