@@ -240,7 +240,7 @@ def last_node(sig: Signature) -> Signature | None:
 def hand_on(
     sig: Signature,
     handed: Callable[[Signature], bool],
-    upstream_reads: Callable[[Signature], list[str] | None] = lambda sig: None,
+    upstream_reads: Callable[[Signature], list[str] | None],
 ) -> None:
     """In every chain of the canvas, let a node hand the run document on to the node right
     after it, when that one may run from it (`handed`): the node returns it (`hand_on`),

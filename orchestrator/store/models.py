@@ -43,10 +43,14 @@ class NodeState(BaseModel):
     @property
     def duration_s(self) -> float | None:
         """Seconds from start to finish (or to now, while running)."""
-        if self.started_at is None:
-            return None
-        end = self.finished_at or utcnow()
-        return (aware(end) - aware(self.started_at)).total_seconds()
+        return seconds_between(self.started_at, self.finished_at)
+
+
+def seconds_between(started: datetime | None, finished: datetime | None) -> float | None:
+    """Seconds from `started` to `finished` (or to now, when not finished); None before a start."""
+    if started is None:
+        return None
+    return (aware(finished or utcnow()) - aware(started)).total_seconds()
 
 
 def aware(value: datetime) -> datetime:
@@ -101,10 +105,7 @@ class Run(BaseModel):
     @property
     def duration_s(self) -> float | None:
         """Seconds from the first node's start to the end (or to now, while running)."""
-        if self.started_at is None:
-            return None
-        end = self.finished_at or utcnow()
-        return (aware(end) - aware(self.started_at)).total_seconds()
+        return seconds_between(self.started_at, self.finished_at)
 
     def to_document(self) -> dict[str, Any]:
         """The run as JSON-able data, children included, datetimes as ISO strings."""
