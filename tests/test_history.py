@@ -10,7 +10,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from orchestrator import Orchestrator
-from orchestrator.store.history import INDEXES, NEWEST_FIRST, BadFilter, RunFilter, decode_cursor
+from orchestrator.store.history import (
+    INDEXES,
+    NEWEST_FIRST,
+    OLDEST_FIRST,
+    BadFilter,
+    RunFilter,
+    decode_cursor,
+)
 from orchestrator.store.models import epoch_ms
 from tests.conftest import new_run
 
@@ -49,14 +56,18 @@ def test_every_list_filter_is_served_by_an_index_with_its_sort(names: set[str]) 
 @pytest.mark.parametrize(
     ("equality", "sort"),
     [
-        ({"parent_run_id"}, ["created_at"]),
-        ({"root_run_id"}, ["created_at"]),
+        ({"parent_run_id"}, SORT),  # a run's children, oldest first: the index walked backwards
+        ({"root_run_id"}, SORT),
         ({"rerun_of"}, ["created_ms"]),
         ({"parent_run_id", "parent_node_id", "status"}, []),  # a loop's iterations, counted by status
     ],
 )
 def test_every_tree_query_is_served_by_an_index(equality: set[str], sort: list[str]) -> None:
     assert served(equality, sort)
+
+
+def test_oldest_first_walks_the_newest_first_indexes_backwards() -> None:
+    assert [(key, -direction) for key, direction in OLDEST_FIRST] == NEWEST_FIRST
 
 
 def test_the_sole_workflow_and_status_pair_has_an_index_of_its_own() -> None:

@@ -188,10 +188,18 @@ def test_wait_records_live_out_of_the_run_and_pass_their_token_once(store: RunSt
 
 
 def test_cancel_cascades_to_active_descendants_only(store: RunStore) -> None:
-    root = new_run(store)
-    child = new_run(store, parent_run_id=root, parent_node_id="a", root_run_id=root, depth=1)
-    done_child = new_run(store, parent_run_id=root, parent_node_id="b", root_run_id=root, depth=1)
-    grandchild = new_run(store, parent_run_id=child, parent_node_id="a", root_run_id=root, depth=2)
+    # A tree lists runs oldest first (by millisecond): these are a millisecond apart.
+    at = [datetime(2026, 1, 1, 0, 0, 0, ms * 1000, tzinfo=UTC) for ms in range(4)]
+    root = new_run(store, created_at=at[0])
+    child = new_run(
+        store, parent_run_id=root, parent_node_id="a", root_run_id=root, depth=1, created_at=at[1]
+    )
+    done_child = new_run(
+        store, parent_run_id=root, parent_node_id="b", root_run_id=root, depth=1, created_at=at[2]
+    )
+    grandchild = new_run(
+        store, parent_run_id=child, parent_node_id="a", root_run_id=root, depth=2, created_at=at[3]
+    )
     store.end_run(done_child, "finished")
     assert sorted(store.cancel_run(root)) == sorted([root, child, grandchild])
     assert store.get_run(done_child).status == "finished"

@@ -28,9 +28,12 @@ from orchestrator.store.models import Run, epoch_ms
 Document = dict[str, Any]
 MAX_PAGE = 10_000
 NEWEST_FIRST = [("created_ms", DESCENDING), ("_id", DESCENDING)]
+OLDEST_FIRST = [("created_ms", ASCENDING), ("_id", ASCENDING)]
 
 # name -> keys: each list or tree query of the CLI, API and UI has one whose keys are its
-# equality filters followed by the sort (`created_ms`, `_id`).
+# equality filters followed by the sort (`created_ms`, `_id`, newest first; a tree's oldest
+# first walks the same index backwards). Every index costs every write of a run document,
+# so a query shares one where it can (a run's children are read on `list_parent`).
 INDEXES: dict[str, list[tuple[str, int]]] = {
     "list_newest": [("created_ms", DESCENDING), ("_id", DESCENDING)],
     "list_workflow": [("workflow", ASCENDING), ("created_ms", DESCENDING), ("_id", DESCENDING)],
@@ -44,8 +47,7 @@ INDEXES: dict[str, list[tuple[str, int]]] = {
     "list_trigger": [("trigger.type", ASCENDING), ("created_ms", DESCENDING), ("_id", DESCENDING)],
     "list_parent": [("parent_run_id", ASCENDING), ("created_ms", DESCENDING), ("_id", DESCENDING)],
     "list_rerun_of": [("rerun_of", ASCENDING), ("created_ms", DESCENDING)],
-    "tree_parent": [("parent_run_id", ASCENDING), ("created_at", ASCENDING)],
-    "tree_root": [("root_run_id", ASCENDING), ("created_at", ASCENDING)],
+    "tree_root_ms": [("root_run_id", ASCENDING), ("created_ms", DESCENDING), ("_id", DESCENDING)],
     "children_of_node": [("parent_run_id", ASCENDING), ("parent_node_id", ASCENDING), ("status", ASCENDING)],
 }
 
@@ -197,7 +199,7 @@ def count_by_status(runs: Collection[Document], where: RunFilter) -> dict[str, i
     return counts
 
 
-LEGACY_INDEXES = ("by_parent", "by_workflow", "by_status", "by_root")
+LEGACY_INDEXES = ("by_parent", "by_workflow", "by_status", "by_root", "tree_parent", "tree_root")
 """Indexes of earlier versions that those of `INDEXES` replace."""
 
 

@@ -37,7 +37,14 @@ from orchestrator.definitions.spec import WorkflowSpec
 from orchestrator.errors import DocumentTooLarge, RunNotFound, StoreError, WorkflowNotFound
 from orchestrator.settings import Settings
 from orchestrator.store.handoff import SIZE_KEY
-from orchestrator.store.history import RunFilter, RunPage, count_by_status, ensure_history_indexes, page_runs
+from orchestrator.store.history import (
+    OLDEST_FIRST,
+    RunFilter,
+    RunPage,
+    count_by_status,
+    ensure_history_indexes,
+    page_runs,
+)
 from orchestrator.store.models import Run, utcnow
 from orchestrator.store.node_logs import ensure_log_indexes
 from orchestrator.store.spec_versions import save_version
@@ -300,7 +307,7 @@ class RunStore:
 
     def children(self, run_id: str) -> list[Run]:
         """The runs started by `run_id`'s nodes, oldest first."""
-        cursor = self.runs.find({"parent_run_id": run_id}).sort("created_at", ASCENDING)
+        cursor = self.runs.find({"parent_run_id": run_id}).sort(OLDEST_FIRST)
         return [Run.model_validate(d) for d in cursor]
 
     def node_children_by_status(self, run_id: str, node_id: str) -> dict[str, int]:
@@ -330,7 +337,7 @@ class RunStore:
         """The run with its descendants in `children`, recursively."""
         root = self.get_run(run_id)
         by_parent: dict[str, list[Run]] = {}
-        for doc in self.runs.find({"root_run_id": root.root_run_id or root.id}).sort("created_at", ASCENDING):
+        for doc in self.runs.find({"root_run_id": root.root_run_id or root.id}).sort(OLDEST_FIRST):
             run = Run.model_validate(doc)
             if run.parent_run_id:
                 by_parent.setdefault(run.parent_run_id, []).append(run)
