@@ -5,8 +5,10 @@ Starts a private nx-27017 (data on disk in a temporary directory, or in memory w
 batches, spread over 30 days, 20 workflows, every status and trigger, a fifth of them child
 runs), serves the UI from a thread, and times `GET /` and `GET /api/runs` (median of
 `--repeat`) without a filter, with a workflow filter, with a status filter, with both, and on
-the next page (its cursor); `GET /api/counts` (which the page loads after it, from its
-script) is timed too. The figures are printed as a table.
+the next page (its cursor), and with text to find in run ids (`q`: an id's start, the
+inside of one, text in none; no index serves it, so every run's id is read); `GET
+/api/counts` (which the page loads after it, from its script) is timed too. The figures are
+printed as a table.
 
     .venv/bin/python bench/ui_runs_list.py [--runs 100000] [--repeat 20] [--memory]
 """
@@ -97,12 +99,16 @@ def cases(client: httpx.Client) -> list[tuple[str, str]]:
     """(label, query) of every case timed; the next page's cursor is read from the API."""
     first = client.get("/api/runs").json()
     workflow = httpx.QueryParams({"workflow": WORKFLOWS[3]})
+    run_id = first["runs"][-1]["_id"]
     return [
         ("no filter", ""),
         ("workflow", f"?{workflow}"),
         ("status=failed", "?status=failed"),
         ("workflow + status", f"?{workflow}&status=finished"),
         ("next page (cursor)", f"?cursor={first['next_cursor']}"),
+        ("q: an id's start", f"?q={run_id[:8]}"),
+        ("q: inside an id", f"?q={run_id[10:18]}"),
+        ("q: in no id", "?q=zz-no-such-run"),
     ]
 
 
@@ -138,8 +144,10 @@ def report(client: httpx.Client, repeat: int) -> None:
         print(f"{label:<22}{page:>10.1f}{api:>16.1f}{flag}")
     counts = median_ms(client, "/api/counts", max(repeat // 4, 3))
     counts_wf = median_ms(client, f"/api/counts?{httpx.QueryParams({'workflow': WORKFLOWS[3]})}", 5)
+    counts_q = median_ms(client, "/api/counts" + dict(cases(client))["q: inside an id"], 3)
     print(
-        f"\nGET /api/counts (loaded by the page's script): {counts:.1f} ms; one workflow: {counts_wf:.1f} ms"
+        f"\nGET /api/counts (loaded by the page's script): {counts:.1f} ms; one workflow: {counts_wf:.1f} ms;"
+        f" text inside an id: {counts_q:.1f} ms"
     )
 
 

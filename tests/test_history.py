@@ -109,6 +109,19 @@ def test_time_range_and_id_text_filters_page_together(orch: Orchestrator) -> Non
     prefix = made[4][:6]
     assert made[4] in walk(orch, RunFilter(text=prefix), 1)
     assert walk(orch, RunFilter(text=made[4][3:10].upper()), 2) == [made[4]]
+    assert walk(orch, RunFilter(text=made[4][3:10]), 2) == [made[4]]
+
+
+def test_id_text_matches_anywhere_in_the_id_digits_alone_included(orch: Orchestrator) -> None:
+    now = datetime.now(UTC)
+    ids = ["ab1234cd", "1234ef", "run-x-1234", "Key-AB", "ffff"]
+    for n, run_id in enumerate(ids):
+        new_run(orch.store, run_id=run_id, workflow="Text", created_at=now - timedelta(seconds=n))
+    assert walk(orch, RunFilter(workflow="Text", text="1234"), 2) == ids[:3]
+    assert walk(orch, RunFilter(workflow="Text", text="key-ab"), 2) == ["Key-AB"]
+    assert walk(orch, RunFilter(workflow="Text", text=" f.*"), 2) == []  # text, not a pattern
+    counts = orch.store.count_runs_by_status(RunFilter(workflow="Text", text="1234"))
+    assert counts["pending"] == 3 and sum(counts.values()) == 3
 
 
 def test_a_cursor_holds_the_last_runs_millisecond_and_id(orch: Orchestrator) -> None:

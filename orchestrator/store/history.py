@@ -65,7 +65,7 @@ class RunFilter:
         status: one run status (`pending`, `running`, `finished`, …).
         trigger: how runs were started (`api`, `cli`, `schedule`, `run_workflow`, `rerun`…).
         parent: the id of the run whose nodes started them (its child runs).
-        text: text the run id contains (case-insensitive; a start of an id is the fast case).
+        text: text the run id contains, anywhere (case-insensitive).
         since, until: created at or after, before.
         roots_only: only runs that no other run started.
     """
@@ -101,12 +101,10 @@ class RunFilter:
             query["parent_run_id"] = self.parent
         elif self.roots_only:
             query["parent_run_id"] = None
-        if self.text:
-            text = self.text.strip()
-            if re.fullmatch(r"[0-9a-f]+", text):  # the start of an id: a range on `_id`
-                query["_id"] = {"$gte": text, "$lt": text + "\uffff"}
-            else:
-                query["_id"] = {"$regex": re.escape(text), "$options": "i"}
+        if self.text and self.text.strip():
+            # Anywhere in the id: no index serves that, so the server reads every run's id
+            # (a prefix range would be an index walk, but would miss the middle of an id).
+            query["_id"] = {"$regex": re.escape(self.text.strip()), "$options": "i"}
         times: Document = {}
         if self.since:
             times["$gte"] = epoch_ms(self.since)
@@ -193,6 +191,13 @@ def count_by_status(runs: Collection[Document], where: RunFilter) -> dict[str, i
     """How many runs match `where` in each status (every status present, zeros included)."""
     base = where.without_status().query()
     counts: dict[str, int] = dict.fromkeys(RUN_STATUSES, 0)
+    if where.text:
+        # A regex in `$match` sends nx-27017 (the embedded server) to its slow path, five
+        # times a find's time (9 s at 100,000 runs): count the statuses a find returns.
+        for doc in runs.find(base, {"status": 1, "_id": 0}):
+            if doc.get("status") in counts:
+                counts[doc["status"]] += 1
+        return counts
     for row in runs.aggregate([{"$match": base}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
         if row["_id"] in counts:
             counts[row["_id"]] = int(row["n"])
