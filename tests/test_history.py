@@ -70,6 +70,24 @@ def test_oldest_first_walks_the_newest_first_indexes_backwards() -> None:
     assert [(key, -direction) for key, direction in OLDEST_FIRST] == NEWEST_FIRST
 
 
+def test_a_trees_runs_of_one_millisecond_come_in_their_ids_numeric_order(orch: Orchestrator) -> None:
+    at = datetime(2026, 12, 5, 12, 0, 0, 500000, tzinfo=UTC)
+    root = new_run(orch.store, created_at=at - timedelta(milliseconds=1))
+    ids = [f"{root}.loop.{index}" for index in (10, 9, 2, 11, 0, 1)]
+    for run_id in ids:
+        new_run(
+            orch.store,
+            run_id=run_id,
+            created_at=at,
+            parent_run_id=root,
+            parent_node_id="loop",
+            root_run_id=root,
+        )
+    expected = [f"{root}.loop.{index}" for index in (0, 1, 2, 9, 10, 11)]
+    assert [run.id for run in orch.store.children(root)] == expected
+    assert [run.id for run in orch.run_tree(root).children] == expected
+
+
 def test_the_sole_workflow_and_status_pair_has_an_index_of_its_own() -> None:
     assert ["workflow", "status", "created_ms", "_id"] in [[k for k, _ in keys] for keys in INDEXES.values()]
 

@@ -52,6 +52,17 @@ INDEXES: dict[str, list[tuple[str, int]]] = {
 }
 
 
+def oldest_first(runs: Iterable[Run]) -> list[Run]:
+    """`runs` by creation, oldest first; runs of the same millisecond (a loop's iterations,
+    say) by their ids with numbers compared as numbers (`.9` before `.10`)."""
+    return sorted(runs, key=lambda run: (epoch_ms(run.created_at), _natural(run.id)))
+
+
+def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    """A sort key for `text` that compares its runs of digits by value."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part)
+
+
 class BadFilter(OrchestratorError):
     """A filter or cursor that cannot be used (a status that does not exist, a cursor cut)."""
 

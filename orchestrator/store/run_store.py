@@ -43,6 +43,7 @@ from orchestrator.store.history import (
     RunPage,
     count_by_status,
     ensure_history_indexes,
+    oldest_first,
     page_runs,
 )
 from orchestrator.store.models import Run, utcnow
@@ -308,7 +309,7 @@ class RunStore:
     def children(self, run_id: str) -> list[Run]:
         """The runs started by `run_id`'s nodes, oldest first."""
         cursor = self.runs.find({"parent_run_id": run_id}).sort(OLDEST_FIRST)
-        return [Run.model_validate(d) for d in cursor]
+        return oldest_first(Run.model_validate(d) for d in cursor)
 
     def node_children_by_status(self, run_id: str, node_id: str) -> dict[str, int]:
         """How many runs one node of `run_id` started, by status (statuses with none left out):
@@ -337,8 +338,8 @@ class RunStore:
         """The run with its descendants in `children`, recursively."""
         root = self.get_run(run_id)
         by_parent: dict[str, list[Run]] = {}
-        for doc in self.runs.find({"root_run_id": root.root_run_id or root.id}).sort(OLDEST_FIRST):
-            run = Run.model_validate(doc)
+        found = self.runs.find({"root_run_id": root.root_run_id or root.id}).sort(OLDEST_FIRST)
+        for run in oldest_first(Run.model_validate(doc) for doc in found):
             if run.parent_run_id:
                 by_parent.setdefault(run.parent_run_id, []).append(run)
         self._attach(root, by_parent)
