@@ -13,7 +13,6 @@ from orchestrator import Orchestrator
 from orchestrator.store.history import (
     INDEXES,
     NEWEST_FIRST,
-    OLDEST_FIRST,
     BadFilter,
     RunFilter,
     decode_cursor,
@@ -56,7 +55,7 @@ def test_every_list_filter_is_served_by_an_index_with_its_sort(names: set[str]) 
 @pytest.mark.parametrize(
     ("equality", "sort"),
     [
-        ({"parent_run_id"}, SORT),  # a run's children, oldest first: the index walked backwards
+        ({"parent_run_id"}, SORT),  # a run's children (put in order after: `oldest_first`)
         ({"root_run_id"}, SORT),
         ({"rerun_of"}, ["created_ms"]),
         ({"parent_run_id", "parent_node_id", "status"}, []),  # a loop's iterations, counted by status
@@ -64,10 +63,6 @@ def test_every_list_filter_is_served_by_an_index_with_its_sort(names: set[str]) 
 )
 def test_every_tree_query_is_served_by_an_index(equality: set[str], sort: list[str]) -> None:
     assert served(equality, sort)
-
-
-def test_oldest_first_walks_the_newest_first_indexes_backwards() -> None:
-    assert [(key, -direction) for key, direction in OLDEST_FIRST] == NEWEST_FIRST
 
 
 def test_a_trees_runs_of_one_millisecond_come_in_their_ids_numeric_order(orch: Orchestrator) -> None:

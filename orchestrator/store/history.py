@@ -28,12 +28,12 @@ from orchestrator.store.models import Run, epoch_ms
 Document = dict[str, Any]
 MAX_PAGE = 10_000
 NEWEST_FIRST = [("created_ms", DESCENDING), ("_id", DESCENDING)]
-OLDEST_FIRST = [("created_ms", ASCENDING), ("_id", ASCENDING)]
 
 # name -> keys: each list or tree query of the CLI, API and UI has one whose keys are its
-# equality filters followed by the sort (`created_ms`, `_id`, newest first; a tree's oldest
-# first walks the same index backwards). Every index costs every write of a run document,
-# so a query shares one where it can (a run's children are read on `list_parent`).
+# equality filters followed by the sort (`created_ms`, `_id`, newest first); a tree's runs
+# are found on the same keys and put in order after (`oldest_first`). Every index costs every
+# write of a run document, so queries share one where they can (a run's children are read
+# on `list_parent`).
 INDEXES: dict[str, list[tuple[str, int]]] = {
     "list_newest": [("created_ms", DESCENDING), ("_id", DESCENDING)],
     "list_workflow": [("workflow", ASCENDING), ("created_ms", DESCENDING), ("_id", DESCENDING)],

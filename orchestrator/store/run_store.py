@@ -38,7 +38,6 @@ from orchestrator.errors import DocumentTooLarge, RunNotFound, StoreError, Workf
 from orchestrator.settings import Settings
 from orchestrator.store.handoff import SIZE_KEY
 from orchestrator.store.history import (
-    OLDEST_FIRST,
     RunFilter,
     RunPage,
     count_by_status,
@@ -308,8 +307,7 @@ class RunStore:
 
     def children(self, run_id: str) -> list[Run]:
         """The runs started by `run_id`'s nodes, oldest first."""
-        cursor = self.runs.find({"parent_run_id": run_id}).sort(OLDEST_FIRST)
-        return oldest_first(Run.model_validate(d) for d in cursor)
+        return oldest_first(Run.model_validate(d) for d in self.runs.find({"parent_run_id": run_id}))
 
     def node_children_by_status(self, run_id: str, node_id: str) -> dict[str, int]:
         """How many runs one node of `run_id` started, by status (statuses with none left out):
@@ -338,7 +336,7 @@ class RunStore:
         """The run with its descendants in `children`, recursively."""
         root = self.get_run(run_id)
         by_parent: dict[str, list[Run]] = {}
-        found = self.runs.find({"root_run_id": root.root_run_id or root.id}).sort(OLDEST_FIRST)
+        found = self.runs.find({"root_run_id": root.root_run_id or root.id})
         for run in oldest_first(Run.model_validate(doc) for doc in found):
             if run.parent_run_id:
                 by_parent.setdefault(run.parent_run_id, []).append(run)
