@@ -193,6 +193,11 @@ def outcome(name: str, orch: Orchestrator, parents: list[str], fault_end: float,
     everyone = parents + children
     resumed = orch.store.runs.count_documents({"_id": {"$in": everyone}, "epoch": {"$gt": 0}})
     note = f"{resumed} of {len(everyone)} runs resumed by the reconciler"
+    errors = Counter(
+        f"{doc['status']}: {doc.get('error')}"
+        for doc in orch.store.runs.find({"_id": {"$in": everyone}, "status": {"$in": ["failed", "error"]}})
+    )
+    note += "".join(f"\n    {n} x {error}" for error, n in errors.most_common(5))
     after = None if not_over else max(last_end - fault_end, 0.0)
     return Outcome(name, len(parents), statuses, duplicates, after, note)
 

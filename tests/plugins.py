@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -115,6 +116,22 @@ def block(params: BlockParams, context: NodeContext) -> str:
     return "woke up"
 
 
+class GateParams(BaseModel):
+    path: str
+
+
+def gate(params: GateParams, context: NodeContext) -> str:
+    """A pure node that says it has started (`<path>.entered`), then waits for the file
+    `path`: a test opens it when it has set up what the node's end must meet."""
+    Path(f"{params.path}.entered").touch()
+    deadline = time.monotonic() + 60
+    while not Path(params.path).exists():
+        if time.monotonic() > deadline:
+            raise NodeError(f"the gate {params.path} was never opened")
+        time.sleep(0.02)
+    return "opened"
+
+
 class PeekParams(BaseModel):
     pass
 
@@ -192,4 +209,5 @@ node_types = [
     NodeType(name="parent_node", params=PeekParams, run=parent_node),
     NodeType(name="outbox", params=OutboxParams, run=outbox, pure=True),
     NodeType(name="pure_flaky", params=FlakyParams, run=flaky, pure=True),
+    NodeType(name="gate", params=GateParams, run=gate, pure=True),
 ]

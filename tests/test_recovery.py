@@ -221,6 +221,46 @@ def test_a_store_outage_pauses_a_run_and_it_finishes_when_the_store_is_back(
             redis.Redis.from_url(spare_redis_url).flushdb()
 
 
+@pytest.mark.timeout(150)
+def test_a_store_outage_as_a_pure_node_records_its_end_pauses_the_run_not_fails_the_node(
+    settings: Settings, spare_redis_url: str, file_mongo: Callable[[], Service], tmp_path: Path
+) -> None:
+    # A pure first node reads nothing (its launch handed it the document): the store is first
+    # needed for its end. Down then, the message waits for the store, as a start would; the
+    # node's end is not a failure, even when the store is back while a failure could be written.
+    mongo = file_mongo()
+    own = make_settings(settings, spare_redis_url, mongo.url)
+    redis.Redis.from_url(spare_redis_url).flushdb()
+    opened = tmp_path / "gate"
+    with Orchestrator(settings=own) as orch:
+        built = Stack(own, orch)
+        try:
+            orch.register(
+                workflow(
+                    "Gated",
+                    {"id": "gate", "type": "gate", "params": {"path": str(opened)}},
+                    {"id": "after", "type": "count", "after": ["gate"], "params": {"key": "Gated-after"}},
+                )
+            )
+            run_id = orch.trigger("Gated")  # before any worker: the message waits on the broker
+            mongo.stop()
+            # The worker's process meets the store first while it is down (as a process does in
+            # `make faults`): its client then waits for it (5 s) on each call, not failing at once.
+            built.start_worker()
+            wait_for(lambda: Path(f"{opened}.entered").exists(), what="the gate node to start")
+            opened.touch()  # the node returns: its end meets a store that does not answer
+            time.sleep(6.5)  # the outage's rest: past one wait for the store (5 s), not two
+            file_mongo()
+            run = built.drive(run_id, timeout=90)
+            assert run.nodes["gate"].status == "finished", run.nodes["gate"].error
+            assert run.status == "finished", run.error
+            assert built.count("Gated-after") == 1
+        finally:
+            for started in built.workers:
+                started.stop()
+            redis.Redis.from_url(spare_redis_url).flushdb()
+
+
 @pytest.mark.usefixtures("worker")
 @pytest.mark.timeout(60)
 def test_cancel_stops_a_running_node_within_2_s(orch: Orchestrator) -> None:

@@ -17,7 +17,7 @@ import logging
 import traceback as tb
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import bson
 from celery import Task
@@ -348,28 +348,50 @@ def run_node(
         return record(node_state(status="skipped", error=skip_reason))
     started = utcnow()
     context = _context(task, spec, before, attempt)
+    outcome, output = _call_node(task, node_type, spec, context, start, started)
+    if outcome == "failed":
+        return record(output)
+    if outcome == "waits":
+        begin_wait(task, node_type, spec, context, output)
+        return NodeEnd()
+    if isinstance(output, AfterEnd):
+        effects, output = output, output.output
+    state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
+    # Outside the node's `try`: a store that does not answer while the end is recorded is an
+    # outage (the message is retried, `_retry_after_outage`), not the node's failure.
+    try:
+        return record(state, doc_size=document_size(before))
+    except DocumentTooLarge as exc:
+        _drop(run_id, spec.id, effects)  # its output is not what is recorded
+        effects = None
+        return record(_failure(exc, attempt, started, with_traceback=False))
+
+
+def _call_node(
+    task: NodeTask,
+    node_type: NodeType[Any],
+    spec: NodeSpec,
+    context: NodeContext,
+    start: NodeStart,
+    started: datetime,
+) -> tuple[Literal["output", "waits", "failed"], Any]:
+    """Call the node's function, holding its lease and capturing its log: its output, the
+    record of its wait, or (when it raised and has no retry left) its failed state."""
+    run_id, attempt = context.run_id, start.attempt
     capture = task.app.node_log_capture
     try:
         with task.app.leases.holding(run_id, spec.id, attempt), capture.capturing(run_id, spec.id, attempt):
             output = _call(node_type, spec, context)
         if isinstance(output, Wait):
-            waiting = wait_record(task, context, output)
-        else:
-            if isinstance(output, AfterEnd):
-                effects, output = output, output.output
-            state = node_state(status="finished", output=output, attempts=attempt, started_at=started)
-            return record(state, doc_size=document_size(before))
+            return "waits", wait_record(task, context, output)
+        return "output", output
     except (Retry, Ignore):  # Celery's own (a pure node whose run ended meanwhile): not a failure
         raise
-    except DocumentTooLarge as exc:
-        _drop(run_id, spec.id, effects)  # its output is not what is recorded
-        effects = None
-        return record(_failure(exc, attempt, started, with_traceback=False))
+    except DocumentTooLarge as exc:  # a wait record past the budget
+        return "failed", _failure(exc, attempt, started, with_traceback=False)
     except Exception as exc:
         _retry_if_it_may(task, run_id, spec, exc, start, started)
-        return record(_failure(exc, attempt, started))
-    begin_wait(task, node_type, spec, context, waiting)
-    return NodeEnd()
+        return "failed", _failure(exc, attempt, started)
 
 
 def _retry_if_it_may(
