@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         OrchestratorError,
         RunNotFound,
         RunNotSent,
+        RunStillActive,
         ServiceUnavailable,
         StoreError,
         TemplateError,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         WorkflowValidationError,
     )
     from orchestrator.store.models import NodeState, Run
+    from orchestrator.store.retention import Removed
 
 _WHERE = {
     "Orchestrator": "orchestrator.api",
@@ -34,6 +36,8 @@ _WHERE = {
     "OrchestratorError": "orchestrator.errors",
     "RunNotFound": "orchestrator.errors",
     "RunNotSent": "orchestrator.errors",
+    "RunStillActive": "orchestrator.errors",
+    "Removed": "orchestrator.store.retention",
     "ServiceUnavailable": "orchestrator.errors",
     "StoreError": "orchestrator.errors",
     "TemplateError": "orchestrator.errors",
@@ -59,9 +63,11 @@ __all__ = [
     "NodeType",
     "Orchestrator",
     "OrchestratorError",
+    "Removed",
     "Run",
     "RunNotFound",
     "RunNotSent",
+    "RunStillActive",
     "ServiceUnavailable",
     "StoreError",
     "TemplateError",

@@ -8,7 +8,8 @@ read start fast.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,9 @@ from orchestrator.engine.outages import service_error
 from orchestrator.errors import OrchestratorError, RunNotSent, ServiceUnavailable, WaitTimeout
 from orchestrator.settings import Settings
 from orchestrator.store.history import RunFilter, RunPage
-from orchestrator.store.models import Run, new_run_id
+from orchestrator.store.models import Run, new_run_id, utcnow
 from orchestrator.store.node_logs import NodeLog, read_logs
+from orchestrator.store.retention import Removed, delete, prune
 from orchestrator.store.run_store import open_store
 from orchestrator.urls import redact
 
@@ -266,6 +268,41 @@ class Orchestrator:
 
         _ids(workflow_name=name)
         delete_workflow(self.store, name, force=force)
+
+    def prune_runs(
+        self,
+        older_than: timedelta,
+        *,
+        workflow: str | None = None,
+        statuses: Iterable[str] | None = None,
+        limit: int | None = None,
+        dry_run: bool = False,
+    ) -> Removed:
+        """Remove runs created more than `older_than` ago that are over, each top-level run
+        with its tree of child runs, their node logs and wait records. A tree in which a run
+        is still active is kept whole (`Removed.kept_active`).
+
+        Args:
+            workflow: only top-level runs of this workflow (their trees go whole).
+            statuses: only top-level runs that ended so (default: finished, failed, error,
+                cancelled).
+            limit: look at this many top-level runs at most, the oldest first.
+            dry_run: count what would go, remove nothing.
+        """
+        _ids(workflow_name=workflow)
+        if older_than < timedelta(0):
+            raise OrchestratorError(f"older_than must not be negative, not {older_than}")
+        before = utcnow() - older_than
+        return prune(self.store, before, workflow=workflow, statuses=statuses, limit=limit, dry_run=dry_run)
+
+    def delete_runs(self, run_ids: Iterable[str]) -> Removed:
+        """Remove these top-level runs, each with its tree of child runs, their node logs and
+        wait records; all or none. Refused (`OrchestratorError`) for a run that another run
+        started, and (`RunStillActive`) while a run of a tree is active: cancel it first."""
+        ids = list(run_ids)
+        for run_id in ids:
+            _ids(run_id=run_id)
+        return delete(self.store, ids)
 
     def close(self) -> None:
         """Release connections to MongoDB and Redis."""

@@ -37,6 +37,7 @@ FINALIZE_TASK: Final = "orchestrator.finalize_run"
 JOIN_TASK: Final = "orchestrator.join"
 CONTINUE_TASK: Final = "orchestrator.continue_chain"
 SWEEP_TASK: Final = "orchestrator.sweep_waits"
+PRUNE_TASK: Final = "orchestrator.prune_runs"
 
 ENTRY_POINT_GROUP: Final = "orchestrator.node_types"
 

@@ -43,6 +43,10 @@ class RunNotFound(StoreError):
     """No run with that id exists."""
 
 
+class RunStillActive(OrchestratorError):
+    """A run asked to be removed is still active, or a run in its tree is: cancel it first."""
+
+
 class DocumentTooLarge(StoreError):
     """A node's output would push its run document past the configured size limit."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,6 +56,15 @@ class Settings(BaseSettings):
         description="how long a node message keeps retrying while MongoDB or Redis does not "
         "answer, before it leaves the run to the reconciler",
     )
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        le=36500,
+        validation_alias="ORCH_RETENTION_DAYS",
+        description="how many days runs are kept once over: `orchestrator beat` removes older "
+        "ones every hour, each top-level run with its child runs, logs and wait records "
+        "(unset: runs are kept until `orchestrator runs prune` removes them)",
+    )
     home: Path = Field(Path("./.orchestrator"), validation_alias="ORCH_HOME")
     data_dir_setting: Path | None = Field(
         None,
@@ -95,6 +104,12 @@ class Settings(BaseSettings):
         "`?token=` once in a browser)",
     )
     twelvedata_url: str = Field("https://api.twelvedata.com", validation_alias="TWELVEDATA_URL")
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty value is unset, given to the model as well as in the environment."""
+        return None if value == "" else value
 
     @property
     def data_dir(self) -> Path:

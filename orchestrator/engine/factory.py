@@ -8,6 +8,7 @@ import cycle.
 from __future__ import annotations
 
 from orchestrator.engine.app import OrchestratorApp
+from orchestrator.engine.pruning import register_prune_task
 from orchestrator.engine.registry import load_registry
 from orchestrator.engine.tasks import register_tasks
 from orchestrator.settings import Settings
@@ -32,4 +33,5 @@ def create_app(settings: Settings | None = None) -> OrchestratorApp:
     sweep["options"] = {"expires": settings.sweep_s * 0.9}
     app.conf.beat_schedule = {**app.conf.beat_schedule, "orchestrator-sweep-waits": sweep}
     register_tasks(app)
+    register_prune_task(app)
     return app

@@ -51,6 +51,12 @@ class WaitRecords:
         self.waits.create_index([("of_run", ASCENDING)], name="by_run")
         self.wait_items.create_index([("of_run", ASCENDING)], name="by_run")
 
+    def delete_of_runs(self, run_ids: list[str]) -> int:
+        """Remove the records (and their chunks of values) of nodes of these runs; how many
+        records were removed."""
+        self.wait_items.delete_many({"of_run": {"$in": run_ids}})
+        return int(self.waits.delete_many({"of_run": {"$in": run_ids}}).deleted_count)
+
     def check_size(self, node_id: str, record: Document) -> None:
         """Refuse a record past the size budget (what a node type keeps while it waits).
 
