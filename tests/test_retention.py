@@ -92,10 +92,11 @@ def test_a_prune_by_workflow_and_status_and_a_dry_run_that_removes_nothing(orch:
 
 
 def test_a_prune_looks_at_limit_top_level_runs_the_oldest_first(orch: Orchestrator) -> None:
-    runs = [tree(orch, {"": "finished"}, created_at=OLD - timedelta(minutes=n)) for n in range(5)]
+    ages = [2, 0, 4, 1, 3]  # minutes before OLD, stored in no order of age
+    runs = {age: tree(orch, {"": "finished"}, created_at=OLD - timedelta(minutes=age)) for age in ages}
     removed = prune(orch.store, datetime.now(UTC), limit=2)
     assert removed.trees == 2
-    assert ids_left(orch) == set(runs[:3])  # the two oldest went
+    assert ids_left(orch) == {runs[0], runs[1], runs[2]}  # the two oldest went
 
 
 def test_a_prune_refuses_statuses_of_runs_not_over_and_negative_ages(orch: Orchestrator) -> None:

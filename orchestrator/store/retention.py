@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pymongo import ASCENDING
+
 from orchestrator.constants import NODE_LOGS, RUN_OVER
 from orchestrator.errors import OrchestratorError, RunNotFound, RunStillActive
 from orchestrator.store.models import epoch_ms
@@ -96,7 +98,7 @@ def prune(
     query["status"] = {"$in": wanted}
     if workflow is not None:
         query["workflow"] = workflow
-    found = store.runs.find(query, {"_id": 1}, limit=limit or 0)
+    found = store.runs.find(query, {"_id": 1}, limit=limit or 0).sort("created_ms", ASCENDING)
     roots = [str(doc["_id"]) for doc in found]
     removed = Removed(dry_run=dry_run)
     for batch in _slices(roots, BATCH):
