@@ -277,6 +277,7 @@ class Orchestrator:
         statuses: Iterable[str] | None = None,
         limit: int | None = None,
         dry_run: bool = False,
+        on_progress: Callable[[Removed, int], None] | None = None,
     ) -> Removed:
         """Remove runs created more than `older_than` ago that are over, each top-level run
         with its tree of child runs, their node logs and wait records. A tree in which a run
@@ -288,12 +289,22 @@ class Orchestrator:
                 cancelled).
             limit: look at this many top-level runs at most, the oldest first.
             dry_run: count what would go, remove nothing.
+            on_progress: called as the work goes, with what is removed so far and how many
+                top-level runs were found.
         """
         _ids(workflow_name=workflow)
         if older_than < timedelta(0):
             raise OrchestratorError(f"older_than must not be negative, not {older_than}")
         before = utcnow() - older_than
-        return prune(self.store, before, workflow=workflow, statuses=statuses, limit=limit, dry_run=dry_run)
+        return prune(
+            self.store,
+            before,
+            workflow=workflow,
+            statuses=statuses,
+            limit=limit,
+            dry_run=dry_run,
+            on_progress=on_progress,
+        )
 
     def delete_runs(self, run_ids: Iterable[str]) -> Removed:
         """Remove these top-level runs, each with its tree of child runs, their node logs and

@@ -18,6 +18,7 @@ from orchestrator.constants import NODE_LOGS, PRUNE_TASK, RunStatus
 from orchestrator.engine.factory import create_app
 from orchestrator.errors import OrchestratorError, RunNotFound
 from orchestrator.settings import Settings
+from orchestrator.store import retention
 from orchestrator.store.models import epoch_ms
 from orchestrator.store.retention import prune
 from tests.conftest import new_run, workflow
@@ -97,6 +98,21 @@ def test_a_prune_looks_at_limit_top_level_runs_the_oldest_first(orch: Orchestrat
     removed = prune(orch.store, datetime.now(UTC), limit=2)
     assert removed.trees == 2
     assert ids_left(orch) == {runs[0], runs[1], runs[2]}  # the two oldest went
+
+
+def test_a_prune_reports_its_progress_batch_by_batch(
+    orch: Orchestrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "BATCH", 2)
+    for n in range(4):
+        tree(orch, {"": "finished", "c": "finished"}, created_at=OLD - timedelta(minutes=n))
+    tree(orch, {"": "finished", "c": "pending"}, created_at=OLD - timedelta(minutes=9))  # the oldest
+    seen: list[tuple[int, int, int]] = []
+    removed = orch.prune_runs(
+        timedelta(days=30), on_progress=lambda done, found: seen.append((done.trees, done.kept_active, found))
+    )
+    assert seen == [(1, 1, 5), (3, 1, 5), (4, 1, 5)]
+    assert (removed.trees, removed.runs, removed.kept_active) == (4, 8, 1)
 
 
 def test_a_prune_refuses_statuses_of_runs_not_over_and_negative_ages(orch: Orchestrator) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.cli.base import connected, fail, out, print_json
+from orchestrator.cli.base import connected, err, fail, out, print_json
 from orchestrator.cli.runs import runs
 from orchestrator.constants import RUN_OVER
 
@@ -70,7 +70,19 @@ def runs_prune(
     with connected() as orch:
 
         def prune(dry: bool) -> Removed:
-            return orch.prune_runs(older_than, workflow=workflow, statuses=statuses or None, dry_run=dry)
+            if not err.is_terminal:
+                return orch.prune_runs(older_than, workflow=workflow, statuses=statuses or None, dry_run=dry)
+            verb = "counting" if dry else "removing"
+            with err.status(f"{verb} runs older than {older_than}…") as status:
+                return orch.prune_runs(
+                    older_than,
+                    workflow=workflow,
+                    statuses=statuses or None,
+                    dry_run=dry,
+                    on_progress=lambda done, found: status.update(
+                        f"{verb}: {done.trees + done.kept_active:,} of {found:,} run trees looked at"
+                    ),
+                )
 
         if not dry_run and not yes:
             counted = prune(dry=True)

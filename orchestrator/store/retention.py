@@ -13,7 +13,7 @@ Used by `orchestrator runs prune` and `runs delete`, by `Orchestrator.prune_runs
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -76,8 +76,10 @@ def prune(
     statuses: Iterable[str] | None = None,
     limit: int | None = None,
     dry_run: bool = False,
+    on_progress: Callable[[Removed, int], None] | None = None,
 ) -> Removed:
-    """Remove the trees of top-level runs created before `before` that are over.
+    """Remove the trees of top-level runs created before `before` that are over, the oldest
+    first, `BATCH` trees at a time.
 
     Args:
         workflow: only top-level runs of this workflow.
@@ -85,6 +87,9 @@ def prune(
             `cancelled`; default: all four).
         limit: look at this many top-level runs at most (the oldest first), to bound the work.
         dry_run: count what would go, remove nothing.
+        on_progress: called after each batch with what is removed so far and the number of
+            top-level runs found (for a progress display: 100,000 runs take about a minute
+            on nx-27017).
 
     Raises:
         OrchestratorError: a status that is not one a run ends with.
@@ -103,6 +108,8 @@ def prune(
     removed = Removed(dry_run=dry_run)
     for batch in _slices(roots, BATCH):
         removed.add(_remove_trees(store, batch, dry_run))
+        if on_progress is not None:
+            on_progress(removed, len(roots))
     return removed
 
 
