@@ -312,6 +312,30 @@ def test_rerun_starts_a_new_run_linked_to_the_old(http: httpx.Client, history: d
     assert f'href="/runs/{new_id}"' in http.get(f"/runs/{history['alpha1']}").text
 
 
+def test_delete_removes_a_top_level_run_with_its_children_or_says_why_not(
+    http: httpx.Client, orch: Orchestrator, history: dict[str, str]
+) -> None:
+    child = http.post(f"/api/runs/{history['child']}/delete", headers=CSRF)
+    assert child.status_code == 400
+    assert f"remove its top-level run '{history['parent']}'" in child.json()["error"]
+    answer = http.post(f"/api/runs/{history['parent']}/delete", headers=CSRF)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() | {"sample": []} == {
+        "run_id": history["parent"], "trees": 1, "runs": 2, "node_logs": 0, "wait_records": 1,
+        "kept_active": 0, "dry_run": False, "sample": [],
+    }  # fmt: skip
+    get_json(http, f"/api/runs/{history['parent']}", expect=404)
+    get_json(http, f"/api/runs/{history['child']}", expect=404)
+    assert http.post(f"/api/runs/{history['parent']}/delete", headers=CSRF).status_code == 404
+    assert http.post(f"/api/runs/{history['alpha1']}/delete").status_code == 403  # no CSRF header
+
+    orch.register(workflow("Long", {"id": "nap", "type": "sleep", "params": {"seconds": 60}}))
+    running = orch.trigger("Long")
+    busy = http.post(f"/api/runs/{running}/delete", headers=CSRF)
+    assert busy.status_code == 409 and "cancel it first" in busy.json()["error"]
+    orch.cancel(running)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

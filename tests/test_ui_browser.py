@@ -175,6 +175,31 @@ def test_rerun_opens_the_new_run_linked_to_the_original(page: Any, orch: Orchest
     expect(page.locator(".reruns")).to_contain_text(new_id)
 
 
+def test_delete_asks_then_removes_the_run_and_its_children(page: Any, orch: Orchestrator) -> None:
+    orch.register(workflow("UI Leaf", {"id": "v", "type": "set", "params": {"v": 1}}))
+    call = {"id": "call", "type": "run_workflow", "params": {"workflow": "UI Leaf", "mode": "wait"}}
+    orch.register(workflow("UI Tree", call))
+    run = orch.run("UI Tree", timeout=60)
+    page.goto(f"/runs/{run.id}.call")
+    expect(page.locator('[data-action="rerun"]')).to_be_visible()
+    expect(page.locator('[data-action="delete"]')).to_be_hidden()  # a child goes with its top-level run
+    page.goto(f"/runs/{run.id}")
+    questions: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.dismiss() if len(questions) == 1 else dialog.accept()
+
+    page.on("dialog", answer)
+    page.click('[data-action="delete"]')  # dismissed: nothing happens
+    wait_for(lambda: questions, 10, "the question")
+    assert orch.get_run(run.id).status == "finished"
+    page.click('[data-action="delete"]')
+    page.wait_for_url(re.compile(r"/$"))
+    assert "cannot be undone" in questions[0] and run.id in questions[0]
+    assert not orch.store.runs.find_one({"_id": {"$in": [run.id, f"{run.id}.call"]}})
+
+
 def test_a_token_in_the_address_signs_the_browser_in_with_a_cookie(
     browser: Any, settings: Settings, orch: Orchestrator
 ) -> None:

@@ -24,6 +24,7 @@ from orchestrator.api import Orchestrator
 from orchestrator.errors import (
     OrchestratorError,
     RunNotFound,
+    RunStillActive,
     ServiceUnavailable,
     StoreError,
     WorkflowNotFound,
@@ -52,16 +53,19 @@ def routes() -> list[Route | Mount]:
         Route("/api/runs/{run_id:path}/logs", json_api.run_logs),
         Route("/api/runs/{run_id:path}/cancel", json_api.cancel, methods=["POST"]),
         Route("/api/runs/{run_id:path}/rerun", json_api.rerun, methods=["POST"]),
+        Route("/api/runs/{run_id:path}/delete", json_api.delete, methods=["POST"]),
         Route("/api/runs/{run_id:path}", json_api.get_run),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
 
 def status_of(exc: Exception) -> int:
-    """The HTTP status of an error: 404 for a missing run or workflow, 503 when a service
-    does not answer, 400 for any other refusal."""
+    """The HTTP status of an error: 404 for a missing run or workflow, 409 for a run still
+    active (to delete), 503 when a service does not answer, 400 for any other refusal."""
     if isinstance(exc, RunNotFound | WorkflowNotFound):
         return 404
+    if isinstance(exc, RunStillActive):
+        return 409
     if isinstance(exc, ServiceUnavailable | StoreError | PyMongoError):
         return 503
     return 400

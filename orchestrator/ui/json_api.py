@@ -3,8 +3,9 @@
 `GET /api/runs` (the filters of the runs page, `limit`, `cursor`), `GET /api/counts`,
 `GET /api/runs/<id>` (the run document with `children`), `GET /api/runs/<id>/logs?node=`,
 `GET /api/workflows`, `GET /api/workflows/<name>`, `POST /api/runs/<id>/cancel`,
-`POST /api/runs/<id>/rerun`. Errors are `{"error": "..."}` with 400 (bad input), 404 (no
-such run or workflow) or 503 (MongoDB or Redis away), mapped in `app.py`.
+`POST /api/runs/<id>/rerun`, `POST /api/runs/<id>/delete`. Errors are `{"error": "..."}`
+with 400 (bad input), 404 (no such run or workflow), 409 (a run to delete still active) or
+503 (MongoDB or Redis away), mapped in `app.py`.
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ def cancel(request: Request) -> JSONResponse:
     """Cancel the run and its active descendants; the ids cancelled (none when it was over)."""
     run_id = request.path_params["run_id"]
     return JSONResponse({"run_id": run_id, "cancelled": ui_state(request).orch.cancel(run_id)})
+
+
+def delete(request: Request) -> JSONResponse:
+    """Delete a top-level run that is over, with the runs it started, their logs and wait
+    records (`Orchestrator.delete_runs`): 404 unknown, 400 a child run, 409 still active."""
+    run_id = request.path_params["run_id"]
+    removed = ui_state(request).orch.delete_runs([run_id])
+    return JSONResponse({"run_id": run_id, **removed.to_json()})
 
 
 async def rerun(request: Request) -> JSONResponse:

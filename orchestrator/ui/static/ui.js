@@ -276,6 +276,7 @@
       main.querySelector('[data-action="rerun"]').hidden = !over;
       main.querySelector('[data-action="rerun-failed"]').hidden = !over || status === "finished";
       document.querySelectorAll('[data-action="rerun-node"]').forEach(function (b) { b.hidden = !over; });
+      main.querySelector('[data-action="delete"]').hidden = !over || main.dataset.topLevel !== "true";
     }
 
     function schedule(ms) {
@@ -336,6 +337,18 @@
     });
     document.querySelectorAll('[data-action="rerun-node"]').forEach(function (b) {
       b.addEventListener("click", function () { act(b, "/rerun", { from_node: b.dataset.node }, true); });
+    });
+    main.querySelector('[data-action="delete"]').addEventListener("click", function (event) {
+      var button = event.currentTarget;
+      if (!window.confirm("Delete run " + main.dataset.runId + ", the runs it started and their logs? This cannot be undone.")) return;
+      button.disabled = true;
+      setText(main, "action-error", "");
+      postJson(api + "/delete", {}).then(function () {
+        location.assign("/");
+      }).catch(function (error) {
+        button.disabled = false;
+        setText(main, "action-error", error.message);
+      });
     });
     if (main.dataset.over !== "true") schedule(POLL_MS);
   }
