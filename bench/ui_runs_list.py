@@ -49,14 +49,16 @@ def run_documents(count: int, seed: int = 7) -> Iterator[dict[str, Any]]:
         run_id = new_run_id()
         created = now - timedelta(seconds=(count - index) * 26)  # ~30 days for 100,000 runs
         child = bool(parents) and rng.random() < 0.2
+        parent = rng.choice(parents) if child else None
         doc = new_run_document(
             run_id=run_id,
             workflow=rng.choice(WORKFLOWS),
             node_ids=["fetch", "check", "report", "notify", "done"],
             variables={"symbol": rng.choice(["BTCUSD", "ETHUSD", "SOLUSD"]), "limit": 500},
             trigger={"type": "run_workflow" if child else rng.choice(TRIGGERS[:3])},
-            parent_run_id=rng.choice(parents) if child else None,
+            parent_run_id=parent,
             parent_node_id="notify" if child else None,
+            root_run_id=parent,  # the parents are top-level runs
         )
         status = rng.choices(RUN_STATUSES, weights=[1, 2, 80, 10, 3, 4])[0]
         doc |= {"status": status, "created_at": created, "created_ms": epoch_ms(created)}
