@@ -99,8 +99,11 @@ def prune(
         raise OrchestratorError(
             f"only runs that are over can be removed: statuses {', '.join(RUN_OVER)}, not {', '.join(wanted)}"
         )
-    query: Document = {"parent_run_id": None, "created_ms": {"$lt": epoch_ms(before)}}
-    query["status"] = {"$in": wanted}
+    query: Document = {
+        "parent_run_id": None,  # top-level runs (on `list_parent`, oldest first)
+        "created_ms": {"$lt": epoch_ms(before)},
+        "status": {"$in": wanted},
+    }
     if workflow is not None:
         query["workflow"] = workflow
     found = store.runs.find(query, {"_id": 1}, limit=limit or 0).sort("created_ms", ASCENDING)
