@@ -191,15 +191,20 @@ def test_the_commands_remove_real_runs_and_ask_first(cli: CliRunner, orch: Orche
 def test_the_beat_task_removes_runs_past_the_retention_setting(
     settings: Settings, orch: Orchestrator
 ) -> None:
-    assert "orchestrator-prune-runs" not in create_app(settings).conf.beat_schedule  # unset: runs stay
-    app = create_app(settings.model_copy(update={"retention_days": 30.0}))
+    plain = create_app(settings)
+    kept_for_30 = create_app(settings.model_copy(update={"retention_days": 30.0}))
     try:
-        entry = app.conf.beat_schedule["orchestrator-prune-runs"]
-        assert entry["task"] == PRUNE_TASK
+        assert "orchestrator-prune-runs" not in plain.conf.beat_schedule  # unset: runs stay
+        entry = kept_for_30.conf.beat_schedule["orchestrator-prune-runs"]
+        assert entry["task"] == PRUNE_TASK and entry["kwargs"] == {"days": 30.0}  # workers need not know it
         old = tree(orch, {"": "finished", "c": "finished"})
         kept = tree(orch, {"": "finished"}, created_at=datetime.now(UTC) - timedelta(days=29))
-        assert app.tasks[PRUNE_TASK].run()["trees"] == 1
+        assert plain.tasks[PRUNE_TASK].run() == {}  # set neither in the message nor on the worker
+        assert kept_for_30.tasks[PRUNE_TASK].run()["trees"] == 1
         assert ids_left(orch) == {kept}
         assert old not in ids_left(orch)
+        assert plain.tasks[PRUNE_TASK].run(days=1.0)["trees"] == 1  # as beat sends it
+        assert ids_left(orch) == set()
     finally:
-        app.close()
+        plain.close()
+        kept_for_30.close()

@@ -27,10 +27,12 @@ def register_prune_task(app: OrchestratorApp) -> None:
     """Register the task, and schedule it on beat when `ORCH_RETENTION_DAYS` is set."""
 
     @app.task(name=PRUNE_TASK, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
-    def prune_runs(limit: int = PRUNE_LIMIT) -> dict[str, Any]:
-        """Remove the runs past `ORCH_RETENTION_DAYS` (nothing when it is unset); the counts."""
-        days = app.settings.retention_days
-        if days is None:
+    def prune_runs(days: float | None = None, limit: int = PRUNE_LIMIT) -> dict[str, Any]:
+        """Remove the runs over and older than `days` (beat's `ORCH_RETENTION_DAYS`, sent with
+        the message so that the worker need not have it; else the worker's own; nothing when
+        neither is set); the counts."""
+        days = days if days is not None else app.settings.retention_days
+        if days is None or days <= 0:
             return {}
         removed = prune(app.store, utcnow() - timedelta(days=days), limit=limit)
         if removed.trees or removed.kept_active:
@@ -51,6 +53,7 @@ def register_prune_task(app: OrchestratorApp) -> None:
             "orchestrator-prune-runs": {
                 "task": PRUNE_TASK,
                 "schedule": PRUNE_EVERY_S,
+                "kwargs": {"days": app.settings.retention_days},
                 "options": {"expires": PRUNE_EVERY_S * 0.9},
             },
         }
