@@ -119,8 +119,8 @@ def _confirm(question: str) -> None:
 
 def _counts(removed: Removed) -> str:
     return (
-        f"{removed.trees} run tree{'s' if removed.trees != 1 else ''} "
-        f"({removed.runs} run{'s' if removed.runs != 1 else ''} in all)"
+        f"{removed.trees:,} run tree{'s' if removed.trees != 1 else ''} "
+        f"({removed.runs:,} run{'s' if removed.runs != 1 else ''} in all)"
     )
 
 
@@ -131,11 +131,11 @@ def _report(removed: Removed, as_json: bool) -> None:
     verb = "would remove" if removed.dry_run else "removed"
     line = f"{verb} {_counts(removed)}"
     if not removed.dry_run:
-        line += f", {removed.node_logs} node logs, {removed.wait_records} wait records"
+        line += f", {removed.node_logs:,} node logs, {removed.wait_records:,} wait records"
     out.print(line)
     if removed.kept_active:
-        out.print(f"kept {removed.kept_active} run tree(s) in which a run is still active")
+        out.print(f"kept {removed.kept_active:,} run tree(s) in which a run is still active")
     if removed.sample:
         rest = removed.trees - len(removed.sample)
-        more = f" and {rest} more" if rest > 0 else ""
+        more = f" and {rest:,} more" if rest > 0 else ""
         out.print(f"{'to remove' if removed.dry_run else 'removed'}: {', '.join(removed.sample)}{more}")
