@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,30 +196,39 @@ def file_mongo(tmp_path: Path) -> Iterator[Callable[[], Service]]:
         service.stop()
 
 
+@contextmanager
+def stack_on(settings: Settings, redis_url: str, mongo_url: str) -> Iterator[Stack]:
+    """A `Stack` on these servers (the broker emptied first); its workers stopped and the
+    broker emptied again after."""
+    own = make_settings(settings, redis_url, mongo_url)
+    redis.Redis.from_url(redis_url).flushdb()
+    with Orchestrator(settings=own) as orch:
+        built = Stack(own, orch)
+        try:
+            yield built
+        finally:
+            for worker in built.workers:
+                worker.stop()
+            redis.Redis.from_url(redis_url).flushdb()
+
+
 @pytest.mark.timeout(150)
 def test_a_store_outage_pauses_a_run_and_it_finishes_when_the_store_is_back(
     settings: Settings, spare_redis_url: str, file_mongo: Callable[[], Service]
 ) -> None:
     mongo = file_mongo()
-    own = make_settings(settings, spare_redis_url, mongo.url)
-    redis.Redis.from_url(spare_redis_url).flushdb()
-    with Orchestrator(settings=own) as orch:
-        built = Stack(own, orch)
-        try:
-            orch.register(chain_of("Outage", {"type": "block", "params": {"seconds": 1.5}}))
-            worker = built.start_worker()
-            run_id = orch.trigger("Outage")
-            wait_for(lambda: orch.get_run(run_id).nodes["middle"].status == "running", what="middle to run")
-            mongo.stop()
-            wait_for(lambda: "trying again" in worker.log.read_text(), timeout=30, what="a retry in the log")
-            file_mongo()  # back, on the same files and port
-            run = built.drive(run_id, timeout=90)
-            assert run.status == "finished", run.error
-            assert built.count("Outage-after") == 1
-        finally:
-            for started in built.workers:
-                started.stop()
-            redis.Redis.from_url(spare_redis_url).flushdb()
+    with stack_on(settings, spare_redis_url, mongo.url) as built:
+        orch = built.orch
+        orch.register(chain_of("Outage", {"type": "block", "params": {"seconds": 1.5}}))
+        worker = built.start_worker()
+        run_id = orch.trigger("Outage")
+        wait_for(lambda: orch.get_run(run_id).nodes["middle"].status == "running", what="middle to run")
+        mongo.stop()
+        wait_for(lambda: "trying again" in worker.log.read_text(), timeout=30, what="a retry in the log")
+        file_mongo()  # back, on the same files and port
+        run = built.drive(run_id, timeout=90)
+        assert run.status == "finished", run.error
+        assert built.count("Outage-after") == 1
 
 
 @pytest.mark.timeout(150)
@@ -229,36 +239,29 @@ def test_a_store_outage_as_a_pure_node_records_its_end_pauses_the_run_not_fails_
     # needed for its end. Down then, the message waits for the store, as a start would; the
     # node's end is not a failure, even when the store is back while a failure could be written.
     mongo = file_mongo()
-    own = make_settings(settings, spare_redis_url, mongo.url)
-    redis.Redis.from_url(spare_redis_url).flushdb()
     opened = tmp_path / "gate"
-    with Orchestrator(settings=own) as orch:
-        built = Stack(own, orch)
-        try:
-            orch.register(
-                workflow(
-                    "Gated",
-                    {"id": "gate", "type": "gate", "params": {"path": str(opened)}},
-                    {"id": "after", "type": "count", "after": ["gate"], "params": {"key": "Gated-after"}},
-                )
+    with stack_on(settings, spare_redis_url, mongo.url) as built:
+        orch = built.orch
+        orch.register(
+            workflow(
+                "Gated",
+                {"id": "gate", "type": "gate", "params": {"path": str(opened)}},
+                {"id": "after", "type": "count", "after": ["gate"], "params": {"key": "Gated-after"}},
             )
-            run_id = orch.trigger("Gated")  # before any worker: the message waits on the broker
-            mongo.stop()
-            # The worker's process meets the store first while it is down (as a process does in
-            # `make faults`): its client then waits for it (5 s) on each call, not failing at once.
-            built.start_worker()
-            wait_for(lambda: Path(f"{opened}.entered").exists(), what="the gate node to start")
-            opened.touch()  # the node returns: its end meets a store that does not answer
-            time.sleep(6.5)  # the outage's rest: past one wait for the store (5 s), not two
-            file_mongo()
-            run = built.drive(run_id, timeout=90)
-            assert run.nodes["gate"].status == "finished", run.nodes["gate"].error
-            assert run.status == "finished", run.error
-            assert built.count("Gated-after") == 1
-        finally:
-            for started in built.workers:
-                started.stop()
-            redis.Redis.from_url(spare_redis_url).flushdb()
+        )
+        run_id = orch.trigger("Gated")  # before any worker: the message waits on the broker
+        mongo.stop()
+        # The worker's process meets the store first while it is down (as a process does in
+        # `make faults`): its client then waits for it (5 s) on each call, not failing at once.
+        built.start_worker()
+        wait_for(lambda: Path(f"{opened}.entered").exists(), what="the gate node to start")
+        opened.touch()  # the node returns: its end meets a store that does not answer
+        time.sleep(6.5)  # the outage's rest, a fixed length: past one wait for the store (5 s), not two
+        file_mongo()
+        run = built.drive(run_id, timeout=90)
+        assert run.nodes["gate"].status == "finished", run.nodes["gate"].error
+        assert run.status == "finished", run.error
+        assert built.count("Gated-after") == 1
 
 
 @pytest.mark.usefixtures("worker")
