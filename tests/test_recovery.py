@@ -74,20 +74,29 @@ def make_settings(base: Settings, redis_url: str, mongo_url: str) -> Settings:
     return Settings.model_validate(given | FAST)
 
 
-@pytest.fixture
-def stack(settings: Settings, spare_redis_url: str) -> Iterator[Stack]:
-    own = make_settings(settings, spare_redis_url, settings.mongo_url)
-    redis.Redis.from_url(spare_redis_url).flushdb()
+@contextmanager
+def stack_on(settings: Settings, redis_url: str, mongo_url: str) -> Iterator[Stack]:
+    """A `Stack` on these servers (the broker emptied first); its workers stopped and the
+    broker emptied again after."""
+    own = make_settings(settings, redis_url, mongo_url)
+    redis.Redis.from_url(redis_url).flushdb()
     with Orchestrator(settings=own) as orch:
-        orch.store.runs.delete_many({})
-        orch.store.db["test_counts"].delete_many({})
         built = Stack(own, orch)
         try:
             yield built
         finally:
             for worker in built.workers:
                 worker.stop()
-            redis.Redis.from_url(spare_redis_url).flushdb()
+            redis.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.fixture
+def stack(settings: Settings, spare_redis_url: str) -> Iterator[Stack]:
+    """A `Stack` on the suite's MongoDB (its runs and counts emptied) and a broker of its own."""
+    with stack_on(settings, spare_redis_url, settings.mongo_url) as built:
+        built.orch.store.runs.delete_many({})
+        built.orch.store.db["test_counts"].delete_many({})
+        yield built
 
 
 def chain_of(name: str, middle: dict[str, object]) -> dict[str, object]:
@@ -194,22 +203,6 @@ def file_mongo(tmp_path: Path) -> Iterator[Callable[[], Service]]:
     yield start
     for service in running:
         service.stop()
-
-
-@contextmanager
-def stack_on(settings: Settings, redis_url: str, mongo_url: str) -> Iterator[Stack]:
-    """A `Stack` on these servers (the broker emptied first); its workers stopped and the
-    broker emptied again after."""
-    own = make_settings(settings, redis_url, mongo_url)
-    redis.Redis.from_url(redis_url).flushdb()
-    with Orchestrator(settings=own) as orch:
-        built = Stack(own, orch)
-        try:
-            yield built
-        finally:
-            for worker in built.workers:
-                worker.stop()
-            redis.Redis.from_url(redis_url).flushdb()
 
 
 @pytest.mark.timeout(150)
